@@ -1,0 +1,134 @@
+"""The one way into a transaction: ``with ledger.session() as s:`` commits or rolls back.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and takes every write
+transaction with ``BEGIN IMMEDIATE``, so concurrent writers queue on the lock instead of failing
+on upgrade. PostgreSQL runs at Read Committed; the operations rely on guarded UPDATEs, whose row
+locks serialise writers to the same budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy.exc
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session
+
+from models.errors import BackendUnavailable, ConfigError
+from models.settings import mask_url
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here: the driver budgetq installs."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    try:
+        return create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+        raise ConfigError(f"DATABASE_URL {mask_url(url)!r} is not usable: {exc}") from None
+
+
+def _sqlite_engine(url: str) -> Engine:
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (the documented recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:
+        # Take the write lock up front: a deferred transaction that reads, then writes, fails
+        # with SQLITE_BUSY on upgrade instead of waiting.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Ledger:
+    """An engine and its sessions. Build one per process (after a fork, build a new one)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                yield s
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise BackendUnavailable(
+                f"database at {mask_url(self.url)} failed: {_first_line(exc.orig)}; check DATABASE_URL and that the server is up"
+            ) from exc
+
+    def require_head(self) -> None:
+        """Refuse to run against a database whose schema is not at the latest migration."""
+        current, head = self.revisions()
+        if current != head:
+            raise ConfigError(
+                f"the database at {mask_url(self.url)} is at schema revision {current or 'none'},"
+                f" not {head}; run `budgetq db upgrade`"
+            )
+
+    def revisions(self) -> tuple[str | None, str]:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
+        try:
+            with self.engine.connect() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            raise BackendUnavailable(
+                f"cannot reach the database at {mask_url(self.url)}: {_first_line(exc.orig)}; check DATABASE_URL"
+            ) from exc
+        return current, head or ""
+
+    def upgrade(self, revision: str = "head") -> None:
+        from alembic import command
+
+        command.upgrade(alembic_config(self.url, engine=self.engine), revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        command.downgrade(alembic_config(self.url, engine=self.engine), revision)
+
+
+def alembic_config(url: str, engine: Engine | None = None):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["engine"] = engine
+    return config
+
+
+def _first_line(exc: BaseException | None) -> str:
+    return mask_url(str(exc).strip().splitlines()[0]) if exc and str(exc).strip() else type(exc).__name__

@@ -1,0 +1,699 @@
+"""Every state change of the ledger, each one transaction of guarded statements.
+
+Callers open the transaction (``with ledger.session() as s:``) and pass the session in, so a
+plan can admit many jobs all-or-nothing. No function here reads a counter into Python and
+writes it back: each change is an ``UPDATE ... WHERE <guard>`` whose missing row means the
+transition was not allowed, and every change to a budget appends ledger entries that sum to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from models.errors import BudgetExhausted, ClaimRefused, InvalidInput, LeaseLost, NotFound
+from models.money import format_micros
+from models.schema import (
+    FINAL_STATUSES,
+    Artifact,
+    Budget,
+    FailureCase,
+    Job,
+    JobDependency,
+    LedgerEntry,
+    Metric,
+    WorkerRow,
+)
+
+CLAIMABLE = ("admitted", "requeued")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain frozen views: callers never hold ORM rows.
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    id: int
+    name: str
+    total_micros: int
+    spent_micros: int
+    reserved_micros: int
+
+    @property
+    def left_micros(self) -> int:
+        return self.total_micros - self.spent_micros - self.reserved_micros
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    budget: str
+    initiative: str
+    queue: str
+    params: dict[str, Any]
+    status: str
+    rank: int
+    estimate_micros: int
+    reserved_micros: int
+    charged_micros: int
+    metered_micros: int
+    attempts: int
+    max_attempts: int
+    worker: Optional[str]
+    lease_until: Optional[datetime]
+    idempotency_key: Optional[str]
+    error: Optional[str]
+    created_at: datetime
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    initiative: str
+    params: dict[str, Any]
+    reserved_micros: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class Beat:
+    stop: bool
+    reason: Optional[str]
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    name: str
+    uri: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The outcome of closing an attempt: what it charged, what it released, where the job went."""
+
+    job_id: str
+    attempt: int
+    status: str
+    charge_micros: int
+    release_micros: int
+    replayed: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets
+
+
+def create_budget(s: Session, *, name: str, total_micros: int) -> BudgetView:
+    """Create a budget and its ``fund`` entry. A second budget of the same name is refused."""
+    if not name or len(name) > 100 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise InvalidInput(f"budget name {name!r} must be 1-100 letters, digits, '-', '_' or '.'")
+    now = utcnow()
+    try:
+        with s.begin_nested():
+            budget_id = s.execute(
+                insert(Budget)
+                .values(name=name, total_micros=total_micros, spent_micros=0, reserved_micros=0, created_at=now)
+                .returning(Budget.id)
+            ).scalar_one()
+    except IntegrityError:
+        raise InvalidInput(f"budget {name!r} already exists; pick another name or use it as it is") from None
+    _append(s, budget_id=budget_id, job_id=None, attempt=0, kind="fund", amount=total_micros, now=now)
+    return BudgetView(budget_id, name, total_micros, 0, 0)
+
+
+def get_budget(s: Session, *, name: str) -> BudgetView:
+    row = s.scalars(select(Budget).where(Budget.name == name)).one_or_none()
+    if row is None:
+        raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
+    return _budget_view(row)
+
+
+def list_budgets(s: Session) -> list[BudgetView]:
+    return [_budget_view(b) for b in s.scalars(select(Budget).order_by(Budget.name))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission
+
+
+def admit_job(
+    s: Session,
+    *,
+    budget: str,
+    initiative: str,
+    queue: str,
+    params: dict[str, Any],
+    estimate_micros: int,
+    max_attempts: int,
+    idempotency_key: Optional[str] = None,
+    rank: int = 0,
+    after: Sequence[str] = (),
+) -> tuple[JobView, bool]:
+    """Reserve ``estimate_micros`` and write the job with its reserve entry.
+
+    Returns ``(job, created)``. With a key already used in this budget, returns that job and
+    ``created=False``, reserving nothing. Raises ``BudgetExhausted`` saying what is left. A
+    refused admission leaves nothing behind, even inside a caller's larger transaction.
+    """
+    with s.begin_nested():
+        return _admit(
+            s, budget=budget, initiative=initiative, queue=queue, params=params, estimate_micros=estimate_micros,
+            max_attempts=max_attempts, idempotency_key=idempotency_key, rank=rank, after=after,
+        )
+
+
+def _admit(s: Session, *, budget, initiative, queue, params, estimate_micros, max_attempts, idempotency_key, rank, after):
+    budget_id = _budget_id(s, name=budget)
+    if idempotency_key is not None:
+        existing = _job_by_key(s, budget_id=budget_id, key=idempotency_key)
+        if existing is not None:
+            return existing, False
+    now = utcnow()
+    values = dict(
+        id=uuid.uuid4().hex, budget_id=budget_id, initiative=initiative, queue=queue, params=params,
+        status="admitted", rank=rank, estimate_micros=estimate_micros, reserved_micros=estimate_micros,
+        charged_micros=0, metered_micros=0, last_charge_micros=0, last_release_micros=0, attempts=0,
+        max_attempts=max_attempts, cancel_requested=False, idempotency_key=idempotency_key,
+        created_at=now, updated_at=now,
+    )
+    try:
+        with s.begin_nested():
+            s.execute(insert(Job).values(**values))
+    except IntegrityError:
+        # A concurrent submit with the same key committed first (PostgreSQL waits for it, then
+        # raises); Read Committed now sees its row, which is the answer.
+        existing = _job_by_key(s, budget_id=budget_id, key=idempotency_key or "")
+        if existing is None:
+            raise
+        return existing, False
+    _reserve(s, budget_id=budget_id, budget=budget, amount=estimate_micros)
+    for dep in after:
+        _add_dependency(s, job_id=values["id"], after_job_id=dep)
+    _append(s, budget_id=budget_id, job_id=values["id"], attempt=0, kind="reserve", amount=estimate_micros, now=now)
+    view = JobView(
+        budget=budget, worker=None, lease_until=None, error=None, started_at=None, finished_at=None,
+        after=tuple(after), **{k: v for k, v in values.items() if k in JobView.__dataclass_fields__},
+    )
+    return view, True
+
+
+def _budget_id(s: Session, *, name: str) -> int:
+    budget_id = s.scalar(select(Budget.id).where(Budget.name == name))
+    if budget_id is None:
+        raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
+    return budget_id
+
+
+def _reserve(s: Session, *, budget_id: int, budget: str, amount: int) -> None:
+    """The guarded reservation: one UPDATE that succeeds only if the amount fits."""
+    fitted = s.execute(
+        update(Budget)
+        .where(Budget.id == budget_id)
+        .where(Budget.spent_micros + Budget.reserved_micros + amount <= Budget.total_micros)
+        .values(reserved_micros=Budget.reserved_micros + amount)
+        .returning(Budget.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if fitted is not None:
+        return
+    current = get_budget(s, name=budget)  # raises NotFound
+    raise BudgetExhausted(
+        f"budget {budget!r} has {format_micros(current.left_micros)} left, not enough for {format_micros(amount)};"
+        f" lower the estimate or create a larger budget",
+        left_micros=current.left_micros,
+    )
+
+
+def _add_dependency(s: Session, *, job_id: str, after_job_id: str) -> None:
+    if s.get(Job, after_job_id) is None:
+        raise NotFound(f"no job {after_job_id!r} to run after; check `budgetq jobs list`")
+    s.execute(insert(JobDependency).values(job_id=job_id, after_job_id=after_job_id))
+
+
+def _job_by_key(s: Session, *, budget_id: int, key: str) -> Optional[JobView]:
+    job_id = s.scalar(select(Job.id).where(Job.budget_id == budget_id, Job.idempotency_key == key))
+    return None if job_id is None else get_job(s, job_id=job_id)
+
+
+def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
+    ids = list(job_ids)
+    if ids:
+        s.execute(update(Job).where(Job.id.in_(ids)).values(published_at=utcnow()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Running an attempt
+
+
+def _deps_unmet(job_id_column) -> Any:
+    """SQL: some dependency of the job has not succeeded."""
+    dep = aliased(Job)
+    return exists(
+        select(1)
+        .select_from(JobDependency)
+        .join(dep, dep.id == JobDependency.after_job_id)
+        .where(JobDependency.job_id == job_id_column, dep.status != "succeeded")
+    )
+
+
+def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> Claim:
+    """Move an admitted or requeued job to running, count the attempt and take a lease.
+
+    A second claim (a duplicate delivery), a cancelled job or one whose dependencies have not
+    succeeded raises ``ClaimRefused``.
+    """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
+    row = s.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(CLAIMABLE),
+            Job.attempts < Job.max_attempts,
+            Job.cancel_requested.is_(False),
+            ~_deps_unmet(Job.id),
+        )
+        .values(
+            status="running", attempts=Job.attempts + 1, worker=worker, lease_until=lease_until,
+            metered_micros=0, started_at=now, updated_at=now,
+        )
+        .returning(Job.attempts, Job.initiative, Job.params, Job.reserved_micros)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        raise ClaimRefused(_why_unclaimable(s, job_id))
+    return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until)
+
+
+def _why_unclaimable(s: Session, job_id: str) -> str:
+    job = s.get(Job, job_id)
+    if job is None:
+        return f"no job {job_id!r}"
+    if job.status in CLAIMABLE and s.scalar(select(_deps_unmet(literal(job_id)))):
+        return f"job {job_id} waits for its dependencies"
+    return f"job {job_id} is {job.status} (attempt {job.attempts}); not claimable"
+
+
+def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float) -> Beat:
+    """Record the cost metered so far and extend the lease; say whether the worker must stop.
+
+    The metered cost is capped at the reservation in SQL. ``LeaseLost`` means the attempt was
+    reaped or the job settled elsewhere.
+    """
+    now = utcnow()
+    capped = case((Job.reserved_micros < metered_micros, Job.reserved_micros), else_=metered_micros)
+    row = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
+        .values(metered_micros=capped, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(Job.reserved_micros, Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")
+    if row.cancel_requested:
+        return Beat(True, "cancelled")
+    if metered_micros >= row.reserved_micros:
+        return Beat(True, "budget")
+    return Beat(False, None)
+
+
+def settle_job(
+    s: Session,
+    *,
+    job_id: str,
+    attempt: int,
+    worker: str,
+    status: str,
+    cost_micros: int,
+    error: Optional[str] = None,
+    metrics: Iterable[Any] = (),
+    artifacts: Iterable[Any] = (),
+    failures: Iterable[Any] = (),
+) -> Closed:
+    """Close an attempt: charge its cost (at most the reservation), write results and the status.
+
+    ``status`` is final (succeeded, failed, budget_stopped, cancelled), releasing the rest of the
+    reservation, or ``requeued``, keeping it for the next attempt. Calling it again for the same
+    attempt returns the first outcome and changes nothing.
+    """
+    if status not in FINAL_STATUSES and status != "requeued":
+        raise InvalidInput(f"cannot settle a job as {status!r}")
+    if cost_micros < 0:
+        raise InvalidInput("a cost cannot be negative")
+    guard = and_(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
+    closed = _close_attempt(s, guard=guard, charge=cost_micros, status=literal(status), error=error)
+    if not closed:
+        return _replayed_or_lost(s, job_id=job_id, attempt=attempt)
+    (result,) = closed
+    _write_results(s, job_id=job_id, attempt=attempt, metrics=metrics, artifacts=artifacts, failures=failures)
+    return result
+
+
+def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: Any) -> list[Closed]:
+    """The one guarded UPDATE that ends attempts, then the budget change and entries it implies.
+
+    Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
+    PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
+    """
+    now = utcnow()
+    charged = case((Job.reserved_micros < charge, Job.reserved_micros), else_=charge)
+    final = status.in_(FINAL_STATUSES)
+    rows = s.execute(
+        update(Job)
+        .where(guard)
+        .values(
+            status=status,
+            charged_micros=Job.charged_micros + charged,
+            reserved_micros=case((final, 0), else_=Job.reserved_micros - charged),
+            last_charge_micros=charged,
+            last_release_micros=case((final, Job.reserved_micros - charged), else_=0),
+            metered_micros=0,
+            lease_until=None,
+            error=error,
+            finished_at=case((final, now), else_=None),
+            updated_at=now,
+        )
+        .returning(Job.id, Job.budget_id, Job.attempts, Job.status, Job.last_charge_micros, Job.last_release_micros)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for row in rows:
+        _move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
+        _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
+        if row.status in FINAL_STATUSES:
+            _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
+    closed = [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows]
+    if any(c.status in FINAL_STATUSES and c.status != "succeeded" for c in closed):
+        cancel_orphans(s)
+    return closed
+
+
+def _move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> None:
+    """Charge moves money from reserved to spent; release returns it to what is left."""
+    s.execute(
+        update(Budget)
+        .where(Budget.id == budget_id, Budget.reserved_micros >= charge + release)
+        .values(spent_micros=Budget.spent_micros + charge, reserved_micros=Budget.reserved_micros - charge - release)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _replayed_or_lost(s: Session, *, job_id: str, attempt: int) -> Closed:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    if job.attempts == attempt and job.status != "running":
+        return Closed(job_id, attempt, job.status, job.last_charge_micros, job.last_release_micros, replayed=True)
+    raise LeaseLost(f"job {job_id} attempt {attempt} is {job.status} at attempt {job.attempts}; this settlement is refused")
+
+
+def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts, failures) -> None:
+    now = utcnow()
+    metric_rows = [
+        dict(job_id=job_id, attempt=attempt, name=m.name, value=float(m.value), slice=m.slice, step=m.step, created_at=now)
+        for m in metrics
+    ]
+    artifact_rows = [
+        dict(job_id=job_id, attempt=attempt, name=a.name, uri=a.uri, sha256=a.sha256, bytes=a.bytes, created_at=now)
+        for a in artifacts
+    ]
+    failure_rows = [
+        dict(job_id=job_id, attempt=attempt, perturbation=f.perturbation, slice=f.slice, text=f.text,
+             expected=f.expected, predicted=f.predicted)
+        for f in failures
+    ]
+    for model, rows in ((Metric, metric_rows), (Artifact, artifact_rows), (FailureCase, failure_rows)):
+        if rows:
+            s.execute(insert(model), rows)
+
+
+def reap_expired(s: Session, *, now: Optional[datetime] = None) -> list[Closed]:
+    """Close every running attempt whose lease ran out (its worker died).
+
+    It is charged what was metered up to its last heartbeat. The job then stops as
+    budget_stopped if that spent its reservation, is requeued if attempts are left, or fails.
+    """
+    now = now or utcnow()
+    status = case(
+        (Job.metered_micros >= Job.reserved_micros, "budget_stopped"),
+        (Job.attempts < Job.max_attempts, "requeued"),
+        else_="failed",
+    )
+    error = case(
+        (Job.metered_micros >= Job.reserved_micros, "lease expired after the reservation was spent"),
+        else_=literal("lease expired: worker ") + func.coalesce(Job.worker, "?") + " stopped heartbeating",
+    )
+    guard = and_(Job.status == "running", Job.lease_until < now)
+    return _close_attempt(s, guard=guard, charge=Job.metered_micros, status=status, error=error)
+
+
+def cancel_job(s: Session, *, job_id: str) -> JobView:
+    """Cancel a job: a queued one releases its reservation now; a running one is told to stop."""
+    _close_attempt(
+        s,
+        guard=and_(Job.id == job_id, Job.status.in_(CLAIMABLE)),
+        charge=0,
+        status=literal("cancelled"),
+        error="cancelled by user",
+    )
+    s.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True, updated_at=utcnow())
+    )
+    return get_job(s, job_id=job_id)
+
+
+def cancel_orphans(s: Session) -> list[Closed]:
+    """Cancel queued jobs whose dependency ended without success, down the whole chain."""
+    dep = aliased(Job)
+    failed_dep = exists(
+        select(1)
+        .select_from(JobDependency)
+        .join(dep, dep.id == JobDependency.after_job_id)
+        .where(JobDependency.job_id == Job.id, dep.status.in_(("failed", "budget_stopped", "cancelled")))
+    )
+    guard = and_(Job.status.in_(CLAIMABLE), failed_dep)
+    # _close_attempt calls back here when it cancels something, which walks the chain.
+    return _close_attempt(s, guard=guard, charge=0, status=literal("cancelled"), error="a dependency did not succeed")
+
+
+def ready_to_publish(s: Session, *, older_than_seconds: float = 0, job_ids: Optional[Sequence[str]] = None) -> list[JobView]:
+    """Queued jobs whose dependencies succeeded and that were not published in the last while."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    query = (
+        select(Job.id)
+        .where(Job.status.in_(CLAIMABLE), ~_deps_unmet(Job.id), Job.cancel_requested.is_(False))
+        .where(or_(Job.published_at.is_(None), Job.published_at <= cutoff))
+        .order_by(Job.rank, Job.created_at)
+    )
+    if job_ids is not None:
+        query = query.where(Job.id.in_(list(job_ids)))
+    return [get_job(s, job_id=i) for i in s.scalars(query)]
+
+
+def dependents_of(s: Session, *, job_id: str) -> list[str]:
+    return list(s.scalars(select(JobDependency.job_id).where(JobDependency.after_job_id == job_id)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+
+
+def register_worker(
+    s: Session, *, name: str, host: str, price_micros_per_hour: int, spot: bool, instance_type: str, slots: int
+) -> None:
+    """Insert or refresh this worker's row (an upsert: one statement on either database)."""
+    now = utcnow()
+    values = dict(
+        name=name, host=host, price_micros_per_hour=price_micros_per_hour, spot=spot,
+        instance_type=instance_type, slots=slots, started_at=now, last_seen=now,
+    )
+    dialect_insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(WorkerRow).values(**values)
+    refreshed = {k: stmt.excluded[k] for k in values if k not in ("name", "started_at")}
+    s.execute(stmt.on_conflict_do_update(index_elements=[WorkerRow.name], set_=refreshed))
+
+
+def touch_worker(s: Session, *, name: str) -> None:
+    s.execute(update(WorkerRow).where(WorkerRow.name == name).values(last_seen=utcnow()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads
+
+
+def get_job(s: Session, *, job_id: str) -> JobView:
+    row = s.execute(
+        select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}; list jobs with `budgetq jobs list`")
+    after = tuple(s.scalars(select(JobDependency.after_job_id).where(JobDependency.job_id == job_id)))
+    return _job_view(row[0], row[1], after)
+
+
+def list_jobs(
+    s: Session, *, budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None, limit: int = 200
+) -> list[JobView]:
+    query = select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id)
+    if budget:
+        query = query.where(Budget.name == budget)
+    if status:
+        query = query.where(Job.status == status)
+    if initiative:
+        query = query.where(Job.initiative == initiative)
+    rows = s.execute(query.order_by(Job.created_at.desc(), Job.rank).limit(limit)).all()
+    return [_job_view(job, name, ()) for job, name in rows]
+
+
+def job_results(s: Session, *, job_id: str) -> tuple[list[Metric], list[Artifact]]:
+    metrics = list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
+    artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+    return metrics, artifacts
+
+
+def latest_succeeded(s: Session, *, initiative: str, limit: int = 50) -> list[JobView]:
+    ids = s.scalars(
+        select(Job.id)
+        .where(Job.initiative == initiative, Job.status == "succeeded")
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    )
+    return [get_job(s, job_id=i) for i in ids]
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    subject: str
+    detail: str
+
+
+def audit(s: Session) -> list[AuditProblem]:
+    """Check that the entries sum to every budget row and every job's charged amount."""
+    problems: list[AuditProblem] = []
+    sums = {
+        (row.budget_id, row.kind): row.total
+        for row in s.execute(
+            select(LedgerEntry.budget_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
+            .group_by(LedgerEntry.budget_id, LedgerEntry.kind)
+        )
+    }
+    for b in s.scalars(select(Budget)):
+        got = lambda kind: int(sums.get((b.id, kind), 0) or 0)  # noqa: E731
+        expected = {
+            "total": got("fund"),
+            "spent": got("charge"),
+            "reserved": got("reserve") - got("release") - got("charge"),
+        }
+        actual = {"total": b.total_micros, "spent": b.spent_micros, "reserved": b.reserved_micros}
+        for field_name, value in expected.items():
+            if value != actual[field_name]:
+                problems.append(AuditProblem(f"budget {b.name}", f"{field_name} is {actual[field_name]} but entries sum to {value}"))
+        if b.spent_micros + b.reserved_micros > b.total_micros:
+            problems.append(AuditProblem(f"budget {b.name}", "spent + reserved exceeds total"))
+    job_sums = {
+        (row.job_id, row.kind): int(row.total)
+        for row in s.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
+            .where(LedgerEntry.job_id.is_not(None))
+            .group_by(LedgerEntry.job_id, LedgerEntry.kind)
+        )
+    }
+    for job in s.scalars(select(Job)):
+        charged = job_sums.get((job.id, "charge"), 0)
+        held = job_sums.get((job.id, "reserve"), 0) - job_sums.get((job.id, "release"), 0) - charged
+        if charged != job.charged_micros:
+            problems.append(AuditProblem(f"job {job.id}", f"charged is {job.charged_micros} but charge entries sum to {charged}"))
+        if held != job.reserved_micros:
+            problems.append(AuditProblem(f"job {job.id}", f"reserved is {job.reserved_micros} but entries leave {held}"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _append(s: Session, *, budget_id: int, job_id: Optional[str], attempt: int, kind: str, amount: int, now: datetime) -> None:
+    s.execute(
+        insert(LedgerEntry).values(
+            budget_id=budget_id, job_id=job_id, attempt=attempt, kind=kind, amount_micros=amount, created_at=now
+        )
+    )
+
+
+def _budget_view(b: Budget) -> BudgetView:
+    return BudgetView(b.id, b.name, b.total_micros, b.spent_micros, b.reserved_micros)
+
+
+def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
+    return JobView(
+        id=j.id, budget=budget_name, initiative=j.initiative, queue=j.queue, params=dict(j.params), status=j.status,
+        rank=j.rank, estimate_micros=j.estimate_micros, reserved_micros=j.reserved_micros,
+        charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
+        max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
+        error=j.error, created_at=j.created_at, started_at=j.started_at, finished_at=j.finished_at, after=after,
+    )
+
+
+@dataclass(frozen=True)
+class InitiativeSummary:
+    initiative: str
+    jobs: int
+    succeeded: int
+    charged_micros: int
+    improvement: Optional[float]  # sum over succeeded jobs of their `improvement` metric
+
+    @property
+    def improvement_per_dollar(self) -> Optional[float]:
+        if self.improvement is None or self.charged_micros == 0:
+            return None
+        return self.improvement / (self.charged_micros / 1_000_000)
+
+
+def initiative_summary(s: Session, *, budget: Optional[str] = None) -> list[InitiativeSummary]:
+    """Per initiative: jobs, money charged, and the improvement it bought (the `improvement` metric)."""
+    jobs = select(Job.id, Job.initiative, Job.status, Job.charged_micros)
+    if budget:
+        jobs = jobs.join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget)
+    jobs = jobs.subquery()
+    last_improvement = (
+        select(Metric.job_id, func.max(Metric.id).label("metric_id"))
+        .where(Metric.name == "improvement", Metric.slice.is_(None))
+        .group_by(Metric.job_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(jobs.c.initiative, jobs.c.status, jobs.c.charged_micros, Metric.value)
+        .select_from(jobs)
+        .outerjoin(last_improvement, last_improvement.c.job_id == jobs.c.id)
+        .outerjoin(Metric, Metric.id == last_improvement.c.metric_id)
+    ).all()
+    summary: dict[str, dict[str, Any]] = {}
+    for initiative, status, charged, improvement in rows:
+        acc = summary.setdefault(initiative, {"jobs": 0, "succeeded": 0, "charged": 0, "improvement": None})
+        acc["jobs"] += 1
+        acc["charged"] += charged
+        if status == "succeeded":
+            acc["succeeded"] += 1
+            if improvement is not None:
+                acc["improvement"] = (acc["improvement"] or 0.0) + improvement
+    out = [InitiativeSummary(k, v["jobs"], v["succeeded"], v["charged"], v["improvement"]) for k, v in summary.items()]
+    return sorted(out, key=lambda r: (r.improvement_per_dollar is None, -(r.improvement_per_dollar or 0), r.initiative))

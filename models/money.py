@@ -1,0 +1,48 @@
+"""Money is integer micro-dollars everywhere in code and in the database.
+
+Users type and read dollars as decimal strings; ``parse_dollars`` is the only way in.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from models.errors import InvalidInput
+
+MICROS_PER_DOLLAR = 1_000_000
+# Far above any compute budget, far below a BIGINT's range (9.2e18 micros).
+MAX_DOLLARS = Decimal(1_000_000_000)
+
+
+def parse_dollars(text: object, *, what: str = "amount") -> int:
+    """Parse a dollar string such as ``"1.00"`` or ``"$0.25"`` into micro-dollars."""
+    raw = str(text).strip()
+    if raw.startswith("$"):
+        raw = raw[1:]
+    try:
+        value = Decimal(raw)
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"{what} {text!r} is not a dollar amount; write it like 1.00 or 0.25") from None
+    if not value.is_finite():
+        raise InvalidInput(f"{what} {text!r} is not a finite number; write it like 1.00")
+    if value < 0 or value.is_signed():
+        raise InvalidInput(f"{what} {text!r} is negative; amounts are zero or more dollars")
+    if value > MAX_DOLLARS:
+        raise InvalidInput(f"{what} {text!r} is absurdly large; the most budgetq takes is ${MAX_DOLLARS}")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -6:
+        raise InvalidInput(f"{what} {text!r} has more than 6 decimals; the smallest unit is $0.000001")
+    return int(value * MICROS_PER_DOLLAR)
+
+
+def format_micros(micros: int) -> str:
+    """Render micro-dollars as ``$1.25`` or ``$0.001234``: exact, never rounded."""
+    sign = "-" if micros < 0 else ""
+    dollars, rest = divmod(abs(micros), MICROS_PER_DOLLAR)
+    fraction = f"{rest:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}${dollars}.{fraction}"
+
+
+def dollars(micros: int) -> str:
+    """Micro-dollars as a plain decimal string for JSON output, e.g. ``"0.250000"`` (six decimals, exact)."""
+    return f"{Decimal(micros).scaleb(-6):.6f}"

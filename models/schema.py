@@ -1,0 +1,181 @@
+"""The ledger schema: typed SQLAlchemy 2.0 models.
+
+Money columns are BIGINT micro-dollars. The invariant ``spent + reserved <= total`` is a CHECK
+constraint, so no code path, ours or a hand-written SQL session, can overspend a budget.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_STATUSES = ("admitted", "running", "requeued", "succeeded", "failed", "budget_stopped", "cancelled")
+FINAL_STATUSES = ("succeeded", "failed", "budget_stopped", "cancelled")
+ENTRY_KINDS = ("fund", "reserve", "release", "charge")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+    __table_args__ = (
+        CheckConstraint(
+            "total_micros >= 0 AND spent_micros >= 0 AND reserved_micros >= 0"
+            " AND spent_micros + reserved_micros <= total_micros",
+            name="budget_never_overspent",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    total_micros: Mapped[int] = mapped_column(BigInteger)
+    spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("budget_id", "idempotency_key", name="job_key_unique_per_budget"),
+        CheckConstraint(
+            "charged_micros >= 0 AND reserved_micros >= 0 AND metered_micros >= 0"
+            " AND charged_micros + reserved_micros <= estimate_micros",
+            name="job_never_charged_past_estimate",
+        ),
+        CheckConstraint("status IN ('" + "','".join(JOB_STATUSES) + "')", name="job_status_known"),
+        Index("jobs_by_status", "status", "lease_until"),
+        Index("jobs_by_budget", "budget_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    initiative: Mapped[str] = mapped_column(String(100))
+    queue: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20))
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+    estimate_micros: Mapped[int] = mapped_column(BigInteger)
+    reserved_micros: Mapped[int] = mapped_column(BigInteger)
+    charged_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Cost of the running attempt as of its last heartbeat: what the reaper charges if it dies.
+    metered_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the last closed attempt charged and released; written by the same guarded UPDATE that
+    # closes the attempt, so the budget row and the ledger entries follow without a read-back.
+    last_charge_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_release_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[Optional[str]] = mapped_column(String(200))
+    lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+
+
+class JobDependency(Base):
+    """``job_id`` may start only once ``after_job_id`` has succeeded."""
+
+    __tablename__ = "job_dependencies"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    after_job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+
+
+class LedgerEntry(Base):
+    """Append-only. Per budget: total = Σfund, spent = Σcharge, reserved = Σreserve − Σrelease − Σcharge."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", "kind", name="entry_once_per_attempt"),
+        CheckConstraint("amount_micros >= 0", name="entry_amount_not_negative"),
+        CheckConstraint("kind IN ('" + "','".join(ENTRY_KINDS) + "')", name="entry_kind_known"),
+        Index("entries_by_budget", "budget_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    job_id: Mapped[Optional[str]] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10))
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (Index("metrics_by_job", "job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float]
+    slice: Mapped[Optional[str]] = mapped_column(String(200))
+    step: Mapped[Optional[int]] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "name", name="artifact_once_per_attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FailureCase(Base):
+    """One misprediction from an evaluation or robustness report, for users and for ``augment``."""
+
+    __tablename__ = "failure_cases"
+    __table_args__ = (Index("failures_by_job", "job_id", "slice"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    perturbation: Mapped[str] = mapped_column(String(100))
+    slice: Mapped[Optional[str]] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    expected: Mapped[str] = mapped_column(String(200))
+    predicted: Mapped[str] = mapped_column(String(200))
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    price_micros_per_hour: Mapped[int] = mapped_column(BigInteger)
+    spot: Mapped[bool] = mapped_column(Boolean)
+    instance_type: Mapped[str] = mapped_column(String(100))
+    slots: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))

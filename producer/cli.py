@@ -1,0 +1,343 @@
+"""``budgetq``: the command line. Parse, validate, admit, enqueue after commit, query.
+
+Exit codes: 0 ok, 1 audit found problems, 2 bad input, 3 budget exhausted, 4 not found,
+5 backend unreachable. Every error is one line on stderr saying what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from models import ledger
+from models.db import Ledger
+from models.errors import BudgetqError, InvalidInput
+from models.money import format_micros, parse_dollars
+from models.settings import Settings, load_settings, mask_url
+from producer import render
+from producer.render import emit_json, say, table
+
+app = typer.Typer(help="A budget-capped job queue for ML improvement work.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
+budget_app = typer.Typer(help="Budgets: the money jobs are admitted against.", no_args_is_help=True)
+plan_app = typer.Typer(help="Plan files: many initiatives at once.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Jobs in the queue and the ledger.", no_args_is_help=True)
+for sub, name in ((db_app, "db"), (budget_app, "budget"), (plan_app, "plan"), (jobs_app, "jobs")):
+    app.add_typer(sub, name=name)
+
+JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def _open(*, at_head: bool = True) -> tuple[Settings, Ledger]:
+    settings = load_settings()
+    store = Ledger(settings.database_url)
+    if at_head:
+        store.require_head()
+    return settings, store
+
+
+# --- db -------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Migrate the ledger to the latest schema (alembic upgrade head)."""
+    _, store = _open(at_head=False)
+    store.upgrade(revision)
+    current, _ = store.revisions()
+    say(f"database {mask_url(store.url)} is at revision {current}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, or 'base' to drop everything.")) -> None:
+    """Migrate the ledger back to an earlier schema."""
+    _, store = _open(at_head=False)
+    store.downgrade(revision)
+    current, _ = store.revisions()
+    say(f"database {mask_url(store.url)} is at revision {current or 'base'}")
+
+
+# --- budgets --------------------------------------------------------------------------------
+
+
+@budget_app.command("create")
+def budget_create(name: str, total: str = typer.Option(..., help="Dollars, e.g. 1.00"), as_json: bool = JSON) -> None:
+    """Create a budget holding TOTAL dollars."""
+    total_micros = parse_dollars(total, what="--total")
+    _, store = _open()
+    with store.session() as s:
+        budget = ledger.create_budget(s, name=name, total_micros=total_micros)
+    emit_json(render.budget_json(budget)) if as_json else say(f"budget {name} created with {format_micros(total_micros)}")
+
+
+@budget_app.command("show")
+def budget_show(name: str, as_json: bool = JSON) -> None:
+    """A budget's total, spent, reserved and what is left."""
+    _, store = _open()
+    with store.session() as s:
+        budget = ledger.get_budget(s, name=name)
+        jobs = ledger.list_jobs(s, budget=name, limit=10_000)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    if as_json:
+        emit_json({**render.budget_json(budget), "jobs": counts})
+        return
+    table(f"budget {name}", render.BUDGET_COLUMNS, [render.budget_row(budget)])
+    say("jobs: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+
+
+@budget_app.command("list")
+def budget_list(as_json: bool = JSON) -> None:
+    """Every budget."""
+    _, store = _open()
+    with store.session() as s:
+        budgets = ledger.list_budgets(s)
+    if as_json:
+        emit_json([render.budget_json(b) for b in budgets])
+    else:
+        table("budgets", render.BUDGET_COLUMNS, [render.budget_row(b) for b in budgets])
+
+
+@budget_app.command("audit")
+def budget_audit(as_json: bool = JSON) -> None:
+    """Check that the ledger entries sum to every budget and job; exit 1 if they do not."""
+    _, store = _open()
+    with store.session() as s:
+        problems = ledger.audit(s)
+    if as_json:
+        emit_json({"ok": not problems, "problems": [{"subject": p.subject, "detail": p.detail} for p in problems]})
+    elif problems:
+        table("audit problems", ["subject", "detail"], [[p.subject, p.detail] for p in problems])
+    else:
+        say("audit clean: the entries sum to every budget and every job")
+    if problems:
+        raise typer.Exit(1)
+
+
+# --- submitting -----------------------------------------------------------------------------
+
+
+@app.command("submit")
+def submit(
+    initiative: str,
+    budget: str = typer.Option(..., help="The budget to admit against."),
+    estimate: str = typer.Option(..., help="The most this job may spend, in dollars."),
+    param: List[str] = typer.Option([], "--param", "-p", help="A parameter as key=value; repeatable."),
+    queue: Optional[str] = typer.Option(None, help="Override the queue (default: one per initiative)."),
+    key: Optional[str] = typer.Option(None, help="Idempotency key: resubmitting it returns the same job."),
+    after: List[str] = typer.Option([], help="A job id that must succeed first; repeatable."),
+    max_attempts: Optional[int] = typer.Option(None, min=1, max=100, help="Attempts before the job fails."),
+    as_json: bool = JSON,
+) -> None:
+    """Admit one job against a budget and enqueue it."""
+    from producer.admission import submit as admit
+
+    estimate_micros = parse_dollars(estimate, what="--estimate")
+    params = _parse_params(param)
+    settings, store = _open()
+    job, created = admit(
+        store, settings, budget=budget, initiative=initiative, estimate_micros=estimate_micros, params=params,
+        queue=queue, key=key, after=after, max_attempts=max_attempts,
+    )
+    if as_json:
+        emit_json({**render.job_json(job), "created": created})
+    else:
+        verb = "admitted" if created else "already admitted (same key)"
+        say(f"{verb} job {job.id}: {initiative} on queue {job.queue}, reserved {format_micros(job.estimate_micros)} of {budget}")
+
+
+def _parse_params(pairs: List[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"--param {pair!r} is not key=value; write it like --param seconds=5")
+        if name.strip() in params:
+            raise InvalidInput(f"--param {name.strip()!r} is given twice; give each parameter once")
+        params[name.strip()] = value
+    return params
+
+
+@plan_app.command("run")
+def plan_run(
+    path: Path,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be admitted; write nothing."),
+    partial: bool = typer.Option(False, "--partial", help="Admit what fits instead of all or nothing."),
+    as_json: bool = JSON,
+) -> None:
+    """Admit a plan's initiatives in rank order and enqueue them."""
+    from producer.admission import dry_run as preview
+    from producer.admission import run_plan
+    from producer.plan import load_plan
+
+    plan = load_plan(path)
+    settings, store = _open()
+    decisions = preview(store, plan, partial=partial) if dry_run else run_plan(store, settings, plan, partial=partial)
+    if as_json:
+        emit_json([{
+            "name": d.entry, "initiative": d.initiative, "estimate": format_micros(d.estimate_micros),
+            "admitted": d.admitted, "reason": d.reason, "job_id": d.job.id if d.job else None,
+        } for d in decisions])
+        return
+    title = f"plan {plan.name} against budget {plan.budget}" + (" (dry run: nothing written)" if dry_run else "")
+    table(title, ["name", "initiative", "estimate", "decision", "job"], [
+        [d.entry, d.initiative, format_micros(d.estimate_micros), "admit" if d.admitted else f"reject: {d.reason}", d.job.id if d.job else ""]
+        for d in decisions
+    ])
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None,
+    limit: int = typer.Option(200, min=1), as_json: bool = JSON,
+) -> None:
+    """Jobs, newest first."""
+    from models.schema import JOB_STATUSES
+
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput(f"--status {status!r} is not a job status; use one of {', '.join(JOB_STATUSES)}")
+    _, store = _open()
+    with store.session() as s:
+        jobs = ledger.list_jobs(s, budget=budget, status=status, initiative=initiative, limit=limit)
+    if as_json:
+        emit_json([render.job_json(j) for j in jobs])
+    else:
+        table("jobs", render.JOB_COLUMNS, [render.job_row(j) for j in jobs])
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, as_json: bool = JSON) -> None:
+    """One job in full."""
+    _, store = _open()
+    with store.session() as s:
+        job = ledger.get_job(s, job_id=job_id)
+    if as_json:
+        emit_json(render.job_json(job))
+    else:
+        table(f"job {job.id}", ["field", "value"], [[k, v] for k, v in render.job_json(job).items()])
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, as_json: bool = JSON) -> None:
+    """Cancel a job: a queued one releases its reservation; a running one is told to stop."""
+    _, store = _open()
+    with store.session() as s:
+        job = ledger.cancel_job(s, job_id=job_id)
+    if as_json:
+        emit_json(render.job_json(job))
+    elif job.status == "running":
+        say(f"job {job.id} is running; its worker will stop it at the next heartbeat")
+    else:
+        say(f"job {job.id} is {job.status}")
+
+
+@jobs_app.command("resend")
+def jobs_resend(
+    older_than: float = typer.Option(60.0, min=0, help="Seconds since the job was last published."),
+    as_json: bool = JSON,
+) -> None:
+    """Re-publish queued jobs that no worker has claimed for a while."""
+    from worker.celery_app import default_app
+    from worker.publish import resend
+
+    _, store = _open()
+    sent = resend(default_app(), store, older_than_seconds=older_than)
+    emit_json({"resent": sent}) if as_json else say(f"re-published {len(sent)} job(s)")
+
+
+@app.command("reap")
+def reap(as_json: bool = JSON) -> None:
+    """Charge and requeue jobs whose worker died (expired lease), then re-publish ready jobs."""
+    from worker.celery_app import default_app
+    from worker.publish import resend
+
+    settings, store = _open()
+    with store.session() as s:
+        closed = ledger.reap_expired(s)
+    sent = resend(default_app(), store, older_than_seconds=settings.resend_after_seconds)
+    if as_json:
+        emit_json({"reaped": [c.__dict__ for c in closed], "resent": sent})
+        return
+    for c in closed:
+        say(f"job {c.job_id} attempt {c.attempt}: {c.status}, charged {format_micros(c.charge_micros)}")
+    say(f"reaped {len(closed)} job(s), re-published {len(sent)}")
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@app.command("results")
+def results(
+    job: Optional[str] = typer.Option(None, help="One job's metrics and artifacts."),
+    budget: Optional[str] = typer.Option(None, help="Only this budget's jobs."),
+    as_json: bool = JSON,
+) -> None:
+    """Which initiative bought the most improvement per dollar; or one job's results."""
+    _, store = _open()
+    with store.session() as s:
+        if job:
+            view = ledger.get_job(s, job_id=job)
+            metrics, artifacts = ledger.job_results(s, job_id=job)
+        else:
+            summary = ledger.initiative_summary(s, budget=budget)
+    if job:
+        _job_results(view, metrics, artifacts, as_json)
+    elif as_json:
+        emit_json([{**r.__dict__, "charged": format_micros(r.charged_micros), "improvement_per_dollar": r.improvement_per_dollar} for r in summary])
+    else:
+        table("improvement per dollar", ["initiative", "jobs", "succeeded", "charged", "improvement", "per $"], [
+            [r.initiative, r.jobs, r.succeeded, format_micros(r.charged_micros),
+             "" if r.improvement is None else f"{r.improvement:.4g}",
+             "" if r.improvement_per_dollar is None else f"{r.improvement_per_dollar:.4g}"]
+            for r in summary
+        ])
+
+
+def _job_results(view, metrics, artifacts, as_json: bool) -> None:
+    if as_json:
+        emit_json({
+            "job": render.job_json(view),
+            "metrics": [{"name": m.name, "value": m.value, "slice": m.slice, "step": m.step, "attempt": m.attempt} for m in metrics],
+            "artifacts": [{"name": a.name, "uri": a.uri, "sha256": a.sha256, "bytes": a.bytes} for a in artifacts],
+        })
+        return
+    say(f"job {view.id} ({view.initiative}): {view.status}, charged {format_micros(view.charged_micros)}")
+    table("metrics", ["name", "slice", "step", "value"], [[m.name, m.slice, m.step, f"{m.value:.6g}"] for m in metrics])
+    if artifacts:
+        table("artifacts", ["name", "bytes", "sha256", "uri"], [[a.name, a.bytes, a.sha256[:12], a.uri] for a in artifacts])
+
+
+# --- worker ---------------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker(
+    burst: bool = typer.Option(False, "--burst", help="Exit once the queues are drained."),
+    queues: Optional[str] = typer.Option(None, "--queues", "-Q", help="Comma-separated queues (default: all)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", min=1, help="Job slots (default WORKER_CONCURRENCY)."),
+    loglevel: str = typer.Option("info", help="Celery log level."),
+) -> None:
+    """Run a worker: pull jobs, run their initiatives, settle them in the ledger."""
+    from worker.service import default_queues, run_worker
+
+    settings = load_settings()
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else default_queues(settings)
+    if not chosen:
+        raise InvalidInput("--queues names no queue; write it like --queues calibrate,baseline")
+    run_worker(settings, queues=chosen, burst=burst, concurrency=concurrency or settings.concurrency, loglevel=loglevel)
+
+
+def main() -> None:
+    try:
+        app()
+    except BudgetqError as exc:
+        sys.stderr.write(f"error: {mask_url(str(exc))}\n")
+        sys.exit(exc.exit_code)

@@ -1,0 +1,84 @@
+"""What a payload sees of the queue: the ``JobContext`` protocol.
+
+Payloads (``worker/initiatives/*``) depend on this protocol only, never on Celery or the ledger,
+so each runs and tests without a broker. The worker's implementation (``worker.runtime``) meters
+cost, heartbeats, buffers metrics and artifacts, and writes them when the job settles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    name: str
+    value: float
+    slice: Optional[str] = None
+    step: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    perturbation: str
+    slice: Optional[str]
+    text: str
+    expected: str
+    predicted: str
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    """A settled job as later jobs read it from the results DB."""
+
+    job_id: str
+    initiative: str
+    status: str
+    params: dict[str, Any]
+    metrics: tuple[MetricRow, ...] = ()
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
+
+    def metric(self, name: str, slice: Optional[str] = None) -> Optional[float]:
+        """The last value logged under ``name`` (and ``slice``), or None."""
+        found = [m.value for m in self.metrics if m.name == name and m.slice == slice]
+        return found[-1] if found else None
+
+    def by_slice(self, name: str) -> dict[str, float]:
+        return {m.slice: m.value for m in self.metrics if m.name == name and m.slice is not None}
+
+
+class JobContext(Protocol):
+    job_id: str
+    attempt: int
+    initiative: str
+    # Survives across attempts of this job: a resumed attempt finds the last checkpoint here.
+    checkpoint_dir: Path
+    # Scratch space for this attempt only.
+    work_dir: Path
+
+    def log_metric(self, name: str, value: float, *, slice: Optional[str] = None, step: Optional[int] = None) -> None:
+        """Record a metric; it is written with the job's settlement (partial metrics survive a budget stop)."""
+
+    def log_failures(self, rows: Iterable[FailureRow]) -> None:
+        """Record mispredictions for the failure report."""
+
+    def save_artifact(self, name: str, path: Path) -> str:
+        """Copy a file or folder into the artifact store; return its stored path."""
+
+    def should_stop(self) -> bool:
+        """True once the reservation is spent, the job is cancelled, or its lease is lost. Check between steps."""
+
+    def cost_micros(self) -> int:
+        """What this attempt has cost so far, in micro-dollars."""
+
+    def reserved_micros(self) -> int:
+        """What this attempt may spend in all."""
+
+    def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
+        """The most recent succeeded job of ``initiative`` whose params match the filter, if any."""
+
+    def dependencies(self) -> list[PriorResult]:
+        """The settled jobs this one ran ``after``."""

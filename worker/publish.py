@@ -1,0 +1,49 @@
+"""Enqueue after commit: jobs are published only once their admission is committed.
+
+A publish that fails leaves the job admitted; ``budgetq jobs resend`` and the worker's reaper
+re-publish admitted jobs that no worker has claimed for a while, so nothing is lost. A duplicate
+message is harmless: the claim refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import kombu.exceptions
+from celery import Celery
+
+from models import ledger
+from models.db import Ledger
+from models.errors import BackendUnavailable
+from models.ledger import JobView
+from models.settings import mask_url
+from worker.celery_app import RUN_JOB
+
+
+def publish(app: Celery, store: Ledger, jobs: Sequence[JobView]) -> list[str]:
+    """Send one message per job, then record when. Returns the ids sent."""
+    sent: list[str] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for job in jobs:
+                app.send_task(RUN_JOB, args=[job.id], queue=job.queue, producer=producer, ignore_result=True)
+                sent.append(job.id)
+    except (kombu.exceptions.OperationalError, OSError) as exc:
+        raise BackendUnavailable(
+            f"broker at {mask_url(str(app.conf.broker_url))} refused the message ({exc}); the job stays admitted:"
+            " run `budgetq jobs resend` once the broker is back"
+        ) from exc
+    finally:
+        if sent:
+            with store.session() as s:
+                ledger.mark_published(s, job_ids=sent)
+    return sent
+
+
+def resend(app: Celery, store: Ledger, *, older_than_seconds: float, queues: Sequence[str] | None = None) -> list[str]:
+    """Re-publish queued, ready jobs not published in the last ``older_than_seconds``."""
+    with store.session() as s:
+        jobs = ledger.ready_to_publish(s, older_than_seconds=older_than_seconds)
+    if queues is not None:
+        jobs = [j for j in jobs if j.queue in queues]
+    return publish(app, store, jobs) if jobs else []

@@ -1,0 +1,273 @@
+"""Running one delivery of ``run_job``: claim, run the payload with its context, settle.
+
+The cross-cutting pieces each sit in one small class: ``CostMeter`` (what the attempt has cost),
+``Heartbeat`` (tells the ledger, extends the lease, hears "stop"), and ``WorkerContext`` (what the
+payload sees; it buffers results so they are written with the settlement, in one transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from models import ledger
+from models.db import Ledger
+from models.errors import BudgetStop, ClaimRefused, LeaseLost, RetryableError
+from models.ledger import Claim
+from models.settings import Settings
+from worker import initiatives
+from worker.context import FailureRow, MetricRow, PriorResult
+
+log = logging.getLogger("budgetq.worker")
+
+
+class CostMeter:
+    """Cost = price per hour x wall time / slots, in integer micro-dollars."""
+
+    def __init__(self, *, price_micros_per_hour: int, slots: int) -> None:
+        self.price = price_micros_per_hour
+        self.slots = slots
+        self.started = time.monotonic_ns()
+
+    def cost_micros(self) -> int:
+        elapsed_ns = time.monotonic_ns() - self.started
+        return self.price * elapsed_ns // (3_600_000_000_000 * self.slots)
+
+    def seconds_for(self, micros: int) -> Optional[float]:
+        """How long ``micros`` lasts at this price, or None when the worker is free."""
+        return None if self.price == 0 else micros * 3600 * self.slots / self.price
+
+
+class Heartbeat(threading.Thread):
+    """Every few seconds: record the metered cost, extend the lease, learn whether to stop."""
+
+    def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter) -> None:
+        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.store, self.settings, self.claim, self.meter = store, settings, claim, meter
+        self.stop_reason: Optional[str] = None
+        self.stopped = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_seconds):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            with self.store.session() as s:
+                beat = ledger.heartbeat(
+                    s, job_id=self.claim.job_id, attempt=self.claim.attempt, worker=self.settings.worker_name,
+                    metered_micros=self.meter.cost_micros(), lease_seconds=self.settings.lease_seconds,
+                )
+        except LeaseLost:
+            self._stop("lease")
+            return
+        except Exception:  # a DB blip must not kill the job; the lease has slack for a missed beat
+            log.exception("heartbeat for job %s failed", self.claim.job_id)
+            return
+        if beat.stop:
+            self._stop(beat.reason or "budget")
+
+    def _stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopped.set()
+
+    def close(self) -> None:
+        self._done.set()
+
+
+class WorkerContext:
+    """The ``JobContext`` a payload runs with, backed by the ledger."""
+
+    def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter, heartbeat: Heartbeat) -> None:
+        self.store, self.settings, self.claim, self.meter, self.heartbeat = store, settings, claim, meter, heartbeat
+        self.job_id, self.attempt, self.initiative = claim.job_id, claim.attempt, claim.initiative
+        self.checkpoint_dir = settings.checkpoint_dir / claim.job_id
+        self.work_dir = settings.home / "work" / claim.job_id / str(claim.attempt)
+        for folder in (self.checkpoint_dir, self.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.metrics: list[MetricRow] = []
+        self.failures: list[FailureRow] = []
+        self.artifacts: list[ledger.ArtifactRow] = []
+
+    def log_metric(self, name: str, value: float, *, slice: Optional[str] = None, step: Optional[int] = None) -> None:
+        self.metrics.append(MetricRow(name, float(value), slice, step))
+
+    def log_failures(self, rows) -> None:
+        self.failures.extend(rows)
+
+    def save_artifact(self, name: str, path: Path) -> str:
+        dest = self.settings.artifact_dir / self.job_id / str(self.attempt) / name
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(path, dest) if Path(path).is_dir() else shutil.copy2(path, dest)
+        digest, size = _digest(dest)
+        self.artifacts.append(ledger.ArtifactRow(name=name, uri=str(dest), sha256=digest, bytes=size))
+        return str(dest)
+
+    def cost_micros(self) -> int:
+        return min(self.meter.cost_micros(), self.claim.reserved_micros)
+
+    def reserved_micros(self) -> int:
+        return self.claim.reserved_micros
+
+    def should_stop(self) -> bool:
+        if self.meter.cost_micros() >= self.claim.reserved_micros:
+            self.heartbeat._stop("budget")
+        return self.heartbeat.stopped.is_set()
+
+    def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
+        with self.store.session() as s:
+            for job in ledger.latest_succeeded(s, initiative=initiative):
+                if all(job.params.get(k) == v for k, v in param_filter.items()):
+                    return _prior(s, job)
+        return None
+
+    def dependencies(self) -> list[PriorResult]:
+        with self.store.session() as s:
+            job = ledger.get_job(s, job_id=self.job_id)
+            return [_prior(s, ledger.get_job(s, job_id=dep)) for dep in job.after]
+
+
+def _prior(s, job: ledger.JobView) -> PriorResult:
+    metrics, artifacts = ledger.job_results(s, job_id=job.id)
+    return PriorResult(
+        job_id=job.id, initiative=job.initiative, status=job.status, params=job.params,
+        metrics=tuple(MetricRow(m.name, m.value, m.slice, m.step) for m in metrics),
+        artifacts={a.name: a.uri for a in artifacts},
+    )
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    """sha256 of a file, or of a folder's sorted relative paths and contents; and the byte count."""
+    sha, size = hashlib.sha256(), 0
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        sha.update(str(file.relative_to(path)).encode() if file != path else b"")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+                size += len(chunk)
+    return sha.hexdigest(), size
+
+
+class Runtime:
+    """What one worker process needs, built once per process (after the fork)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Ledger(settings.database_url)
+        self.pid = os.getpid()
+
+    def time_limits(self, job_id: str) -> tuple[Optional[float], Optional[float]]:
+        """Soft and hard limits from what is still reserved, at this worker's price.
+
+        The heartbeat stops a job cooperatively when its reservation is spent; the soft limit
+        interrupts a payload that ignores ``should_stop()``; the hard limit kills its process.
+        """
+        with self.store.session() as s:
+            reserved = ledger.get_job(s, job_id=job_id).reserved_micros
+        seconds = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency).seconds_for(reserved)
+        if seconds is None:
+            return None, None
+        soft = seconds + max(2.0, 2 * self.settings.heartbeat_seconds)
+        return soft + 10.0, soft
+
+    def execute(self, job_id: str) -> str:
+        """Claim, run and settle one job. Returns the status it settled with."""
+        try:
+            with self.store.session() as s:
+                claim = ledger.claim_job(s, job_id=job_id, worker=self.settings.worker_name, lease_seconds=self.settings.lease_seconds)
+        except ClaimRefused as refused:
+            log.info("not running %s: %s", job_id, refused)
+            return "refused"
+        meter = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency)
+        beat = Heartbeat(store=self.store, settings=self.settings, claim=claim, meter=meter)
+        ctx = WorkerContext(store=self.store, settings=self.settings, claim=claim, meter=meter, heartbeat=beat)
+        beat.start()
+        try:
+            status, error = self._run_payload(claim, ctx)
+        finally:
+            beat.close()
+        return self._settle(claim, ctx, status, error)
+
+    def _run_payload(self, claim: Claim, ctx: WorkerContext) -> tuple[str, Optional[str]]:
+        """Run the payload; the exception's type decides what the attempt becomes."""
+        try:
+            module = initiatives.load(claim.initiative)
+            module.run(initiatives.parse_params(claim.initiative, claim.params), ctx)
+        except (BudgetStop, SoftTimeLimitExceeded):
+            return "budget_stopped", "stopped: the reservation was spent"
+        except RetryableError as exc:
+            return "requeued", _one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - any other payload error fails the job, with its reason
+            log.exception("job %s failed", claim.job_id)
+            return "failed", f"{type(exc).__name__}: {_one_line(exc)}"
+        reason = ctx.heartbeat.stop_reason
+        if reason == "cancelled":
+            return "cancelled", "cancelled by user"
+        if reason == "budget":
+            return "budget_stopped", "stopped: the reservation was spent"
+        return "succeeded", None
+
+    def _settle(self, claim: Claim, ctx: WorkerContext, status: str, error: Optional[str]) -> str:
+        if status == "requeued" and claim.attempt >= _max_attempts(self.store, claim.job_id):
+            status = "failed"
+        try:
+            with self.store.session() as s:
+                closed = ledger.settle_job(
+                    s, job_id=claim.job_id, attempt=claim.attempt, worker=self.settings.worker_name, status=status,
+                    cost_micros=ctx.meter.cost_micros(), error=error, metrics=ctx.metrics, artifacts=ctx.artifacts,
+                    failures=ctx.failures,
+                )
+        except LeaseLost as lost:
+            log.warning("%s", lost)
+            return "lease_lost"
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        if closed.status in ("succeeded", "requeued"):
+            self._publish_next(claim.job_id)
+        return closed.status
+
+    def _publish_next(self, job_id: str) -> None:
+        """After commit: the job itself if requeued, or the dependents it unblocked."""
+        from worker.celery_app import default_app
+        from worker.publish import publish
+
+        with self.store.session() as s:
+            candidates = [job_id, *ledger.dependents_of(s, job_id=job_id)]
+            ready = ledger.ready_to_publish(s, job_ids=candidates)
+        if ready:
+            publish(default_app(), self.store, ready)
+
+
+def _max_attempts(store: Ledger, job_id: str) -> int:
+    with store.session() as s:
+        return ledger.get_job(s, job_id=job_id).max_attempts
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_runtime: Optional[Runtime] = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, rebuilt after a fork so no DB connection crosses processes."""
+    global _runtime
+    if _runtime is None or _runtime.pid != os.getpid():
+        from models.settings import load_settings
+
+        _runtime = Runtime(load_settings())
+    return _runtime

@@ -1,0 +1,124 @@
+"""``budgetq worker``: a Celery worker plus the upkeep that keeps the queue honest.
+
+A maintenance thread in the worker's main process reaps expired leases (charging and requeueing
+their jobs), re-publishes ready jobs whose message was lost, and refreshes this worker's row. In
+burst mode it also stops the worker once nothing is left for it to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from celery import Celery
+from celery.worker import state as worker_state
+from sqlalchemy import select
+
+from models import ledger
+from models.db import Ledger
+from models.schema import Job
+from models.settings import Settings
+from worker import initiatives
+from worker.publish import publish, resend
+
+log = logging.getLogger("budgetq.worker")
+
+
+def default_queues(settings: Settings) -> list[str]:
+    return sorted({settings.queue_for(name) for name in initiatives.names()})
+
+
+def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concurrency: int, loglevel: str) -> None:
+    """Register, start the upkeep thread, and run the Celery worker until it stops."""
+    settings = replace(settings, concurrency=concurrency)
+    # Pool processes read their settings from the environment; make them agree with ours.
+    os.environ["WORKER_NAME"] = settings.worker_name
+    os.environ["WORKER_CONCURRENCY"] = str(concurrency)
+    store = Ledger(settings.database_url)
+    store.require_head()
+    with store.session() as s:
+        ledger.register_worker(
+            s, name=settings.worker_name, host=socket.gethostname(), price_micros_per_hour=settings.price_micros_per_hour,
+            spot=settings.spot, instance_type=settings.instance_type, slots=concurrency,
+        )
+    from worker.celery_app import default_app
+
+    app = default_app()
+    upkeep = Upkeep(app=app, store=store, settings=settings, queues=list(queues), burst=burst)
+    upkeep.start()
+    worker = app.Worker(
+        queues=list(queues), concurrency=concurrency, pool="prefork", loglevel=loglevel,
+        hostname=f"{settings.worker_name}@{socket.gethostname()}", without_gossip=True, without_mingle=True,
+        without_heartbeat=True, optimization="fair",
+    )
+    try:
+        worker.start()
+    finally:
+        upkeep.close()
+        store.engine.dispose()
+
+
+class Upkeep(threading.Thread):
+    def __init__(self, *, app: Celery, store: Ledger, settings: Settings, queues: list[str], burst: bool) -> None:
+        super().__init__(name="budgetq-upkeep", daemon=True)
+        self.app, self.store, self.settings, self.queues, self.burst = app, store, settings, queues, burst
+        self.interval = min(1.0, settings.lease_seconds / 4) if burst else min(5.0, settings.lease_seconds / 2)
+        self._done = threading.Event()
+        self._idle_checks = 0
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - upkeep must outlive a DB or broker blip
+                log.exception("worker upkeep failed")
+
+    def tick(self) -> None:
+        with self.store.session() as s:
+            reaped = ledger.reap_expired(s)
+            ledger.touch_worker(s, name=self.settings.worker_name)
+        requeued = [c.job_id for c in reaped if c.status == "requeued"]
+        for closed in reaped:
+            log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
+        if requeued:
+            with self.store.session() as s:
+                publish(self.app, self.store, ledger.ready_to_publish(s, job_ids=requeued))
+        resend(self.app, self.store, older_than_seconds=self.settings.resend_after_seconds, queues=self.queues)
+        if self.burst and self._nothing_left():
+            self._idle_checks += 1
+            if self._idle_checks >= 2:
+                log.info("burst: the queues are drained; stopping")
+                self.close()
+                os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
+        else:
+            self._idle_checks = 0
+
+    def _nothing_left(self) -> bool:
+        """Idle: no request held here, no message waiting, and no job of ours running or ready."""
+        if worker_state.active_requests or worker_state.reserved_requests:
+            return False
+        if any(self._queue_size(q) for q in self.queues):
+            return False
+        with self.store.session() as s:
+            running = s.scalar(select(Job.id).where(Job.queue.in_(self.queues), Job.status == "running").limit(1))
+            ready = ledger.ready_to_publish(s, older_than_seconds=2.0)
+        ready = [j for j in ready if j.queue in self.queues]
+        if ready:
+            # The queue is empty yet these are ready: their messages were lost. Send them again.
+            publish(self.app, self.store, ready)
+        return running is None and not ready
+
+    def _queue_size(self, queue: str) -> int:
+        try:
+            with self.app.connection_for_read() as conn:
+                return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except Exception:  # noqa: BLE001 - a queue never declared holds nothing
+            return 0
+
+    def close(self) -> None:
+        self._done.set()
