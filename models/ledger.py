@@ -363,13 +363,13 @@ def settle_job(
     guard = and_(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
     closed = _close_attempt(s, guard=guard, charge=cost_micros, status=literal(status), error=error)
     if not closed:
-        return _replayed_or_lost(s, job_id=job_id, attempt=attempt)
+        return _replayed_or_lost(s, job_id=job_id, attempt=attempt, worker=worker)
     (result,) = closed
     _write_results(s, job_id=job_id, attempt=attempt, metrics=metrics, artifacts=artifacts, failures=failures)
     return result
 
 
-def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: Any) -> list[Closed]:
+def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: Any, keep_worker: bool = True) -> list[Closed]:
     """The one guarded UPDATE that ends attempts, then the budget change and entries it implies.
 
     Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
@@ -390,6 +390,7 @@ def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: A
             metered_micros=0,
             lease_until=None,
             error=error,
+            worker=Job.worker if keep_worker else None,
             finished_at=case((final, now), else_=None),
             updated_at=now,
         )
@@ -417,11 +418,11 @@ def _move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> No
     )
 
 
-def _replayed_or_lost(s: Session, *, job_id: str, attempt: int) -> Closed:
+def _replayed_or_lost(s: Session, *, job_id: str, attempt: int, worker: str) -> Closed:
     job = s.get(Job, job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
-    if job.attempts == attempt and job.status != "running":
+    if job.attempts == attempt and job.status != "running" and job.worker == worker:
         return Closed(job_id, attempt, job.status, job.last_charge_micros, job.last_release_micros, replayed=True)
     raise LeaseLost(f"job {job_id} attempt {attempt} is {job.status} at attempt {job.attempts}; this settlement is refused")
 
@@ -463,7 +464,8 @@ def reap_expired(s: Session, *, now: Optional[datetime] = None) -> list[Closed]:
         else_=literal("lease expired: worker ") + func.coalesce(Job.worker, "?") + " stopped heartbeating",
     )
     guard = and_(Job.status == "running", Job.lease_until < now)
-    return _close_attempt(s, guard=guard, charge=Job.metered_micros, status=status, error=error)
+    # The dead worker loses the attempt: a late settlement from it is refused (LeaseLost).
+    return _close_attempt(s, guard=guard, charge=Job.metered_micros, status=status, error=error, keep_worker=False)
 
 
 def cancel_job(s: Session, *, job_id: str) -> JobView:

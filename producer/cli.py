@@ -257,12 +257,10 @@ def jobs_resend(
 def reap(as_json: bool = JSON) -> None:
     """Charge and requeue jobs whose worker died (expired lease), then re-publish ready jobs."""
     from worker.celery_app import default_app
-    from worker.publish import resend
+    from worker.publish import reap as reap_and_publish
 
     settings, store = _open()
-    with store.session() as s:
-        closed = ledger.reap_expired(s)
-    sent = resend(default_app(), store, older_than_seconds=settings.resend_after_seconds)
+    closed, sent = reap_and_publish(default_app(), store, resend_after_seconds=settings.resend_after_seconds)
     if as_json:
         emit_json({"reaped": [c.__dict__ for c in closed], "resent": sent})
         return

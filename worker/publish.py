@@ -47,3 +47,18 @@ def resend(app: Celery, store: Ledger, *, older_than_seconds: float, queues: Seq
     if queues is not None:
         jobs = [j for j in jobs if j.queue in queues]
     return publish(app, store, jobs) if jobs else []
+
+
+def reap(app: Celery, store: Ledger, *, resend_after_seconds: float, queues: Sequence[str] | None = None):
+    """Reap expired leases, publish the jobs that were requeued, and re-send stale ready ones.
+
+    Returns ``(closed attempts, ids published)``.
+    """
+    with store.session() as s:
+        closed = ledger.reap_expired(s)
+    requeued = [c.job_id for c in closed if c.status == "requeued"]
+    with store.session() as s:
+        ready = ledger.ready_to_publish(s, job_ids=requeued) if requeued else []
+    sent = publish(app, store, ready) if ready else []
+    sent += resend(app, store, older_than_seconds=resend_after_seconds, queues=queues)
+    return closed, sent

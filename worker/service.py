@@ -24,7 +24,7 @@ from models.db import Ledger
 from models.schema import Job
 from models.settings import Settings
 from worker import initiatives
-from worker.publish import publish, resend
+from worker.publish import publish, reap
 
 log = logging.getLogger("budgetq.worker")
 
@@ -80,15 +80,10 @@ class Upkeep(threading.Thread):
 
     def tick(self) -> None:
         with self.store.session() as s:
-            reaped = ledger.reap_expired(s)
             ledger.touch_worker(s, name=self.settings.worker_name)
-        requeued = [c.job_id for c in reaped if c.status == "requeued"]
+        reaped, _ = reap(self.app, self.store, resend_after_seconds=self.settings.resend_after_seconds, queues=self.queues)
         for closed in reaped:
             log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
-        if requeued:
-            with self.store.session() as s:
-                publish(self.app, self.store, ledger.ready_to_publish(s, job_ids=requeued))
-        resend(self.app, self.store, older_than_seconds=self.settings.resend_after_seconds, queues=self.queues)
         if self.burst and self._nothing_left():
             self._idle_checks += 1
             if self._idle_checks >= 2:

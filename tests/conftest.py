@@ -1,0 +1,152 @@
+"""Real backends for the tests: SQLite files, a fresh PostgreSQL database, a Redis DB.
+
+A backend that is not running skips its tests locally, but fails them in CI (``CI=true``), where
+``.ci/run`` has started every server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models.db import Ledger
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({exc})"
+    if IN_CI:
+        pytest.fail(message + "; .ci/run should have started it")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    import psycopg
+
+    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"budgetq_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        unavailable("PostgreSQL", exc)
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).flushdb()
+    except redis.exceptions.ConnectionError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request) -> str:
+    """Each ledger test runs on both databases."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Ledger]:
+    ledger = Ledger(db_url)
+    ledger.upgrade()
+    yield ledger
+    ledger.engine.dispose()
+
+
+@dataclass
+class Env:
+    """The environment a CLI or worker subprocess runs with."""
+
+    vars: dict[str, str]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "producer", *args], env=self.vars, cwd=REPO, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    def ok(self, *args: str) -> subprocess.CompletedProcess:
+        done = self.cli(*args)
+        assert done.returncode == 0, f"budgetq {' '.join(args)} exited {done.returncode}: {done.stderr}"
+        return done
+
+    def worker(self, *args: str, **popen) -> subprocess.Popen:
+        # A session of its own, so a test can kill the worker and all its pool processes at once.
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer", "worker", "--loglevel", "info", *args], env=self.vars, cwd=REPO,
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+        )
+
+    def burst(self, *args: str, timeout: float = 180) -> str:
+        proc = self.worker("--burst", *args)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise AssertionError(f"burst worker did not finish in {timeout}s:\n{out[-4000:]}")
+        assert proc.returncode == 0, out[-4000:]
+        return out
+
+
+def make_env(tmp_path: Path, *, database_url: str, broker_url: str | None = None, **extra: str) -> Env:
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "BROKER_URL"}}
+    env.update(
+        BUDGETQ_HOME=str(tmp_path / "home"), DATABASE_URL=database_url, LEASE_SECONDS="5",
+        HEARTBEAT_SECONDS="0.5", RESEND_AFTER_SECONDS="30", PYTHONUNBUFFERED="1",
+    )
+    if broker_url:
+        env["BROKER_URL"] = broker_url
+    env.update(extra)
+    return Env(env)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, sqlite_url: str) -> Env:
+    """The default: a SQLite ledger and the filesystem broker, no servers."""
+    env = make_env(tmp_path, database_url=sqlite_url)
+    env.ok("db", "upgrade")
+    return env
+
+
+@pytest.fixture
+def distributed(tmp_path: Path, postgres_url: str, redis_url: str) -> Env:
+    """PostgreSQL and Redis, as a multi-machine deployment runs."""
+    env = make_env(tmp_path, database_url=postgres_url, broker_url=redis_url)
+    env.ok("db", "upgrade")
+    return env
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,30 @@
+import pytest
+
+from models.errors import InvalidInput
+from models.money import dollars, format_micros, parse_dollars
+
+
+@pytest.mark.parametrize(
+    "text, micros",
+    [("1.00", 1_000_000), ("$0.25", 250_000), ("0.000001", 1), ("1e-3", 1_000), ("0", 0), (" 3 ", 3_000_000)],
+)
+def test_dollar_strings_parse_to_exact_micro_dollars(text, micros):
+    assert parse_dollars(text) == micros
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("NaN", "finite"), ("inf", "finite"), ("-1", "negative"), ("-0", "negative"),
+        ("0.0000001", "6 decimals"), ("1e12", "absurdly large"), ("one", "not a dollar amount"), ("", "not a dollar amount"),
+    ],
+)
+def test_malformed_dollar_strings_are_refused_with_the_reason(text, complaint):
+    with pytest.raises(InvalidInput, match=complaint):
+        parse_dollars(text)
+
+
+def test_micro_dollars_render_exactly():
+    assert format_micros(1_000_000) == "$1.00"
+    assert format_micros(1_234) == "$0.001234"
+    assert dollars(250_000) == "0.250000"
