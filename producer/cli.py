@@ -12,6 +12,11 @@ from typing import List, Optional
 
 import typer
 
+try:  # typer 0.2x vendors click; older releases use the click package
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
+
 from models import ledger
 from models.db import Ledger
 from models.errors import BudgetqError, InvalidInput
@@ -334,8 +339,24 @@ def worker(
 
 
 def main() -> None:
+    """Run the CLI; every failure is one line on stderr and a distinct exit code."""
+    command = typer.main.get_command(app)
     try:
-        app()
+        code = command.main(prog_name="budgetq", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        code = 0
+    except click_errors.UsageError as exc:
+        where = f"budgetq {exc.ctx.command_path.split(' ', 1)[-1]}" if exc.ctx and " " in exc.ctx.command_path else "budgetq"
+        _fail(f"{exc.format_message()} (see `{where} --help`)", 2)
+    except typer.Abort:
+        _fail("aborted", 130)
     except BudgetqError as exc:
-        sys.stderr.write(f"error: {mask_url(str(exc))}\n")
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(mask_url(message).split())
+    sys.stderr.write(f"error: {line}\n")
+    sys.exit(code)
