@@ -338,6 +338,18 @@ def worker(
     run_worker(settings, queues=chosen, burst=burst, concurrency=concurrency or settings.concurrency, loglevel=loglevel)
 
 
+@app.command("demo")
+def demo(
+    plan: Optional[Path] = typer.Option(None, help="The plan to run (default: examples/demo.yaml)."),
+) -> None:
+    """Run a plan end to end on this machine (migrating the ledger first) and print its impact and cost."""
+    from producer.demo import EXAMPLES, run_demo
+
+    settings, store = _open(at_head=False)
+    store.upgrade()
+    run_demo(settings, store, plan_path=plan or EXAMPLES / "demo.yaml")
+
+
 def main() -> None:
     """Run the CLI; every failure is one line on stderr and a distinct exit code."""
     command = typer.main.get_command(app)

@@ -54,7 +54,7 @@ def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concur
     worker = app.Worker(
         queues=list(queues), concurrency=concurrency, pool="prefork", loglevel=loglevel,
         hostname=f"{settings.worker_name}@{socket.gethostname()}", without_gossip=True, without_mingle=True,
-        without_heartbeat=True, optimization="fair",
+        without_heartbeat=True, optimization="fair", quiet=loglevel.lower() in ("warning", "error", "critical"),
     )
     try:
         worker.start()
