@@ -35,7 +35,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     try:
-        return create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+        return create_engine(url, isolation_level="READ COMMITTED", pool_recycle=1800)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
         raise ConfigError(f"DATABASE_URL {mask_url(url)!r} is not usable: {exc}") from None
 

@@ -8,13 +8,14 @@ transition was not allowed, and every change to a budget appends ledger entries 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import String, and_, case, exists, func, insert, literal, or_, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -34,6 +35,13 @@ from models.schema import (
 )
 
 CLAIMABLE = ("admitted", "requeued")
+# State changes go through the tables, not the ORM's unit of work: one statement each, no
+# identity-map bookkeeping, and nothing loaded into Python to modify.
+jobs_t, budgets_t, entries_t = Job.__table__, Budget.__table__, LedgerEntry.__table__
+
+
+def _dialect(s: Session) -> str:
+    return s.get_bind().dialect.name
 
 
 def utcnow() -> datetime:
@@ -174,46 +182,85 @@ def admit_job(
     ``created=False``, reserving nothing. Raises ``BudgetExhausted`` saying what is left. A
     refused admission leaves nothing behind, even inside a caller's larger transaction.
     """
-    with s.begin_nested():
-        return _admit(
-            s, budget=budget, initiative=initiative, queue=queue, params=params, estimate_micros=estimate_micros,
-            max_attempts=max_attempts, idempotency_key=idempotency_key, rank=rank, after=after,
-        )
-
-
-def _admit(s: Session, *, budget, initiative, queue, params, estimate_micros, max_attempts, idempotency_key, rank, after):
-    budget_id = _budget_id(s, name=budget)
-    if idempotency_key is not None:
-        existing = _job_by_key(s, budget_id=budget_id, key=idempotency_key)
+    job = dict(
+        id=uuid.uuid4().hex, initiative=initiative, queue=queue, params=params, status="admitted", rank=rank,
+        estimate_micros=estimate_micros, reserved_micros=estimate_micros, charged_micros=0, metered_micros=0,
+        last_charge_micros=0, last_release_micros=0, attempts=0, max_attempts=max_attempts,
+        cancel_requested=False, idempotency_key=idempotency_key,
+    )
+    admit = _admit_in_one_statement if _dialect(s) == "postgresql" else _admit_step_by_step
+    created = admit(s, budget=budget, job=job, now=utcnow())
+    if not created:
+        existing = _job_by_key(s, budget=budget, key=idempotency_key) if idempotency_key is not None else None
         if existing is not None:
             return existing, False
-    now = utcnow()
-    values = dict(
-        id=uuid.uuid4().hex, budget_id=budget_id, initiative=initiative, queue=queue, params=params,
-        status="admitted", rank=rank, estimate_micros=estimate_micros, reserved_micros=estimate_micros,
-        charged_micros=0, metered_micros=0, last_charge_micros=0, last_release_micros=0, attempts=0,
-        max_attempts=max_attempts, cancel_requested=False, idempotency_key=idempotency_key,
-        created_at=now, updated_at=now,
-    )
-    try:
-        with s.begin_nested():
-            s.execute(insert(Job).values(**values))
-    except IntegrityError:
-        # A concurrent submit with the same key committed first (PostgreSQL waits for it, then
-        # raises); Read Committed now sees its row, which is the answer.
-        existing = _job_by_key(s, budget_id=budget_id, key=idempotency_key or "")
-        if existing is None:
-            raise
-        return existing, False
-    _reserve(s, budget_id=budget_id, budget=budget, amount=estimate_micros)
+        _raise_exhausted(s, budget=budget, amount=estimate_micros)
     for dep in after:
-        _add_dependency(s, job_id=values["id"], after_job_id=dep)
-    _append(s, budget_id=budget_id, job_id=values["id"], attempt=0, kind="reserve", amount=estimate_micros, now=now)
+        _add_dependency(s, job_id=job["id"], after_job_id=dep)
     view = JobView(
         budget=budget, worker=None, lease_until=None, error=None, started_at=None, finished_at=None,
-        after=tuple(after), **{k: v for k, v in values.items() if k in JobView.__dataclass_fields__},
+        after=tuple(after), created_at=job["created_at"], **{k: v for k, v in job.items() if k in JobView.__dataclass_fields__ and k != "created_at"},
     )
     return view, True
+
+
+# On PostgreSQL the whole admission is one statement: insert the job if the budget fits (or find
+# its key taken), reserve with the guarded UPDATE, and append the reserve entry. Under Read
+# Committed the UPDATE re-checks its guard on the latest row, so if a racing admission took the
+# money in between, the job row is inserted but nothing is reserved; admit_job then raises and
+# the caller's transaction rolls the row back.
+_ADMIT_PG = text("""
+WITH admitted AS (
+  INSERT INTO jobs (id, budget_id, initiative, queue, params, status, rank, estimate_micros, reserved_micros,
+                    charged_micros, metered_micros, last_charge_micros, last_release_micros, attempts,
+                    max_attempts, cancel_requested, idempotency_key, created_at, updated_at)
+  SELECT :id, b.id, :initiative, :queue, CAST(:params AS JSON), 'admitted', :rank, :x, :x, 0, 0, 0, 0, 0,
+         :max_attempts, false, :key, :now, :now
+  FROM budgets b WHERE b.name = :budget AND b.spent_micros + b.reserved_micros + :x <= b.total_micros
+  ON CONFLICT (budget_id, idempotency_key) DO NOTHING
+  RETURNING id, budget_id
+), reserved AS (
+  UPDATE budgets SET reserved_micros = reserved_micros + :x
+  WHERE id IN (SELECT budget_id FROM admitted) AND spent_micros + reserved_micros + :x <= total_micros
+  RETURNING id
+), entry AS (
+  INSERT INTO ledger_entries (budget_id, job_id, attempt, kind, amount_micros, created_at)
+  SELECT budget_id, id, 0, 'reserve', :x, :now FROM admitted WHERE EXISTS (SELECT 1 FROM reserved)
+)
+SELECT (SELECT count(*) FROM admitted) AS inserted, (SELECT count(*) FROM reserved) AS reserved
+""")
+
+
+def _admit_in_one_statement(s: Session, *, budget: str, job: dict[str, Any], now: datetime) -> bool:
+    job.update(created_at=now, updated_at=now)
+    inserted, reserved = s.execute(_ADMIT_PG, dict(
+        id=job["id"], initiative=job["initiative"], queue=job["queue"], params=json.dumps(job["params"]),
+        rank=job["rank"], x=job["estimate_micros"], max_attempts=job["max_attempts"],
+        key=job["idempotency_key"], now=now, budget=budget,
+    )).one()
+    if inserted and not reserved:
+        raise BudgetExhausted(f"budget {budget!r} was spent by a concurrent admission; try again", left_micros=0)
+    return bool(inserted)
+
+
+def _admit_step_by_step(s: Session, *, budget: str, job: dict[str, Any], now: datetime) -> bool:
+    """SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so the steps cannot race."""
+    budget_id = _budget_id(s, name=budget)
+    if job["idempotency_key"] is not None and _job_by_key(s, budget=budget, key=job["idempotency_key"]):
+        return False
+    fitted = s.execute(
+        update(budgets_t)
+        .where(budgets_t.c.id == budget_id)
+        .where(budgets_t.c.spent_micros + budgets_t.c.reserved_micros + job["estimate_micros"] <= budgets_t.c.total_micros)
+        .values(reserved_micros=budgets_t.c.reserved_micros + job["estimate_micros"])
+        .returning(budgets_t.c.id)
+    ).scalar_one_or_none()
+    if fitted is None:
+        return False
+    job.update(budget_id=budget_id, created_at=now, updated_at=now)
+    s.execute(insert(jobs_t).values(**job))
+    _append(s, budget_id=budget_id, job_id=job["id"], attempt=0, kind="reserve", amount=job["estimate_micros"], now=now)
+    return True
 
 
 def _budget_id(s: Session, *, name: str) -> int:
@@ -223,18 +270,7 @@ def _budget_id(s: Session, *, name: str) -> int:
     return budget_id
 
 
-def _reserve(s: Session, *, budget_id: int, budget: str, amount: int) -> None:
-    """The guarded reservation: one UPDATE that succeeds only if the amount fits."""
-    fitted = s.execute(
-        update(Budget)
-        .where(Budget.id == budget_id)
-        .where(Budget.spent_micros + Budget.reserved_micros + amount <= Budget.total_micros)
-        .values(reserved_micros=Budget.reserved_micros + amount)
-        .returning(Budget.id)
-        .execution_options(synchronize_session=False)
-    ).scalar_one_or_none()
-    if fitted is not None:
-        return
+def _raise_exhausted(s: Session, *, budget: str, amount: int) -> None:
     current = get_budget(s, name=budget)  # raises NotFound
     raise BudgetExhausted(
         f"budget {budget!r} has {format_micros(current.left_micros)} left, not enough for {format_micros(amount)};"
@@ -249,15 +285,17 @@ def _add_dependency(s: Session, *, job_id: str, after_job_id: str) -> None:
     s.execute(insert(JobDependency).values(job_id=job_id, after_job_id=after_job_id))
 
 
-def _job_by_key(s: Session, *, budget_id: int, key: str) -> Optional[JobView]:
-    job_id = s.scalar(select(Job.id).where(Job.budget_id == budget_id, Job.idempotency_key == key))
+def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
+    job_id = s.scalar(
+        select(Job.id).join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget, Job.idempotency_key == key)
+    )
     return None if job_id is None else get_job(s, job_id=job_id)
 
 
 def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
     ids = list(job_ids)
     if ids:
-        s.execute(update(Job).where(Job.id.in_(ids)).values(published_at=utcnow()))
+        s.execute(update(jobs_t).where(Job.id.in_(ids)).values(published_at=utcnow()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +322,7 @@ def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> 
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_seconds)
     row = s.execute(
-        update(Job)
+        update(jobs_t)
         .where(
             Job.id == job_id,
             Job.status.in_(CLAIMABLE),
@@ -297,7 +335,6 @@ def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> 
             metered_micros=0, started_at=now, updated_at=now,
         )
         .returning(Job.attempts, Job.initiative, Job.params, Job.reserved_micros)
-        .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         raise ClaimRefused(_why_unclaimable(s, job_id))
@@ -322,11 +359,10 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
     now = utcnow()
     capped = case((Job.reserved_micros < metered_micros, Job.reserved_micros), else_=metered_micros)
     row = s.execute(
-        update(Job)
+        update(jobs_t)
         .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
         .values(metered_micros=capped, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
         .returning(Job.reserved_micros, Job.cancel_requested)
-        .execution_options(synchronize_session=False)
     ).one_or_none()
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")
@@ -370,51 +406,87 @@ def settle_job(
 
 
 def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: Any, keep_worker: bool = True) -> list[Closed]:
-    """The one guarded UPDATE that ends attempts, then the budget change and entries it implies.
+    """The one guarded UPDATE that ends attempts, with the budget change and entries it implies.
 
     Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
-    PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
+    PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed. The
+    amounts charged and released are written to the job row by that same UPDATE, and the budget
+    and its entries follow from them: on PostgreSQL in the same statement, on SQLite (where the
+    transaction holds the write lock) in the statements after it.
     """
     now = utcnow()
-    charged = case((Job.reserved_micros < charge, Job.reserved_micros), else_=charge)
+    charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
     final = status.in_(FINAL_STATUSES)
-    rows = s.execute(
-        update(Job)
+    closing = (
+        update(jobs_t)
         .where(guard)
         .values(
             status=status,
-            charged_micros=Job.charged_micros + charged,
-            reserved_micros=case((final, 0), else_=Job.reserved_micros - charged),
+            charged_micros=jobs_t.c.charged_micros + charged,
+            reserved_micros=case((final, 0), else_=jobs_t.c.reserved_micros - charged),
             last_charge_micros=charged,
-            last_release_micros=case((final, Job.reserved_micros - charged), else_=0),
+            last_release_micros=case((final, jobs_t.c.reserved_micros - charged), else_=0),
             metered_micros=0,
             lease_until=None,
             error=error,
-            worker=Job.worker if keep_worker else None,
+            worker=jobs_t.c.worker if keep_worker else None,
             finished_at=case((final, now), else_=None),
             updated_at=now,
         )
-        .returning(Job.id, Job.budget_id, Job.attempts, Job.status, Job.last_charge_micros, Job.last_release_micros)
-        .execution_options(synchronize_session=False)
-    ).all()
-    for row in rows:
-        _move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
-        _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
-        if row.status in FINAL_STATUSES:
-            _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
+        .returning(jobs_t.c.id, jobs_t.c.budget_id, jobs_t.c.attempts, jobs_t.c.status,
+                   jobs_t.c.last_charge_micros, jobs_t.c.last_release_micros)
+    )
+    if _dialect(s) == "postgresql":
+        rows = s.execute(_with_budget_and_entries(closing, now)).all()
+    else:
+        rows = s.execute(closing).all()
+        for row in rows:
+            _move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
+            _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
+            if row.status in FINAL_STATUSES:
+                _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
     closed = [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows]
     if any(c.status in FINAL_STATUSES and c.status != "succeeded" for c in closed):
         cancel_orphans(s)
     return closed
 
 
+def _with_budget_and_entries(closing: Any, now: datetime) -> Any:
+    """PostgreSQL: the closing UPDATE, the budget UPDATE and the entries as one statement."""
+    closed = closing.cte("closed")
+    per_budget = (
+        select(closed.c.budget_id, func.sum(closed.c.last_charge_micros).label("charge"),
+               func.sum(closed.c.last_release_micros).label("release"))
+        .group_by(closed.c.budget_id)
+        .cte("per_budget")
+    )
+    moved = (
+        update(budgets_t)
+        .where(budgets_t.c.id == per_budget.c.budget_id)
+        .values(spent_micros=budgets_t.c.spent_micros + per_budget.c.charge,
+                reserved_micros=budgets_t.c.reserved_micros - per_budget.c.charge - per_budget.c.release)
+        .cte("moved")
+    )
+
+    def entries(kind: str, amount):
+        return select(closed.c.budget_id, closed.c.id, closed.c.attempts, literal(kind, String), amount, literal(now))
+
+    rows = union_all(
+        entries("charge", closed.c.last_charge_micros),
+        entries("release", closed.c.last_release_micros).where(closed.c.status.in_(FINAL_STATUSES)),
+    )
+    appended = insert(entries_t).from_select(
+        ["budget_id", "job_id", "attempt", "kind", "amount_micros", "created_at"], rows
+    ).cte("appended")
+    return select(closed).add_cte(moved, appended)
+
+
 def _move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> None:
     """Charge moves money from reserved to spent; release returns it to what is left."""
     s.execute(
-        update(Budget)
-        .where(Budget.id == budget_id, Budget.reserved_micros >= charge + release)
-        .values(spent_micros=Budget.spent_micros + charge, reserved_micros=Budget.reserved_micros - charge - release)
-        .execution_options(synchronize_session=False)
+        update(budgets_t)
+        .where(budgets_t.c.id == budget_id)
+        .values(spent_micros=budgets_t.c.spent_micros + charge, reserved_micros=budgets_t.c.reserved_micros - charge - release)
     )
 
 
@@ -478,7 +550,7 @@ def cancel_job(s: Session, *, job_id: str) -> JobView:
         error="cancelled by user",
     )
     s.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True, updated_at=utcnow())
+        update(jobs_t).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True, updated_at=utcnow())
     )
     return get_job(s, job_id=job_id)
 
@@ -535,7 +607,7 @@ def register_worker(
 
 
 def touch_worker(s: Session, *, name: str) -> None:
-    s.execute(update(WorkerRow).where(WorkerRow.name == name).values(last_seen=utcnow()))
+    s.execute(update(WorkerRow.__table__).where(WorkerRow.name == name).values(last_seen=utcnow()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,7 +707,7 @@ def audit(s: Session) -> list[AuditProblem]:
 
 def _append(s: Session, *, budget_id: int, job_id: Optional[str], attempt: int, kind: str, amount: int, now: datetime) -> None:
     s.execute(
-        insert(LedgerEntry).values(
+        insert(entries_t).values(
             budget_id=budget_id, job_id=job_id, attempt=attempt, kind=kind, amount_micros=amount, created_at=now
         )
     )
