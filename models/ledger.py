@@ -18,7 +18,7 @@ from typing import Any, Optional
 from sqlalchemy import String, and_, case, exists, func, insert, literal, or_, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from models.errors import BudgetExhausted, ClaimRefused, InvalidInput, LeaseLost, NotFound
 from models.money import format_micros
@@ -302,15 +302,22 @@ def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
 # Running an attempt
 
 
-def _deps_unmet(job_id_column) -> Any:
-    """SQL: some dependency of the job has not succeeded."""
-    dep = aliased(Job)
+_dep = jobs_t.alias("dep")
+_deps_t = JobDependency.__table__
+
+
+def _some_dependency(job_id_column: Any, status_test: Any) -> Any:
+    """SQL: the job has a dependency whose status passes ``status_test``."""
     return exists(
         select(1)
-        .select_from(JobDependency)
-        .join(dep, dep.id == JobDependency.after_job_id)
-        .where(JobDependency.job_id == job_id_column, dep.status != "succeeded")
+        .select_from(_deps_t.join(_dep, _dep.c.id == _deps_t.c.after_job_id))
+        .where(_deps_t.c.job_id == job_id_column, status_test)
     )
+
+
+def _deps_unmet(job_id_column: Any) -> Any:
+    """SQL: some dependency of the job has not succeeded."""
+    return _some_dependency(job_id_column, _dep.c.status != "succeeded")
 
 
 def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> Claim:
@@ -557,34 +564,40 @@ def cancel_job(s: Session, *, job_id: str) -> JobView:
 
 def cancel_orphans(s: Session) -> list[Closed]:
     """Cancel queued jobs whose dependency ended without success, down the whole chain."""
-    dep = aliased(Job)
-    failed_dep = exists(
-        select(1)
-        .select_from(JobDependency)
-        .join(dep, dep.id == JobDependency.after_job_id)
-        .where(JobDependency.job_id == Job.id, dep.status.in_(("failed", "budget_stopped", "cancelled")))
-    )
+    failed_dep = _some_dependency(jobs_t.c.id, _dep.c.status.in_(("failed", "budget_stopped", "cancelled")))
     guard = and_(Job.status.in_(CLAIMABLE), failed_dep)
     # _close_attempt calls back here when it cancels something, which walks the chain.
     return _close_attempt(s, guard=guard, charge=0, status=literal("cancelled"), error="a dependency did not succeed")
 
 
-def ready_to_publish(s: Session, *, older_than_seconds: float = 0, job_ids: Optional[Sequence[str]] = None) -> list[JobView]:
-    """Queued jobs whose dependencies succeeded and that were not published in the last while."""
+@dataclass(frozen=True)
+class Ready:
+    """A job that may be published: what the message needs."""
+
+    id: str
+    queue: str
+    reserved_micros: int
+
+
+def ready_to_publish(
+    s: Session, *, older_than_seconds: float = 0, job_ids: Optional[Sequence[str]] = None, after_job: Optional[str] = None
+) -> list[Ready]:
+    """Queued jobs whose dependencies succeeded, not published (or admitted) in the last while.
+
+    ``job_ids`` narrows to those jobs; ``after_job`` to the jobs that wait on that one.
+    """
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     query = (
-        select(Job.id)
+        select(Job.id, Job.queue, Job.reserved_micros)
         .where(Job.status.in_(CLAIMABLE), ~_deps_unmet(Job.id), Job.cancel_requested.is_(False))
-        .where(or_(Job.published_at.is_(None), Job.published_at <= cutoff))
+        .where(func.coalesce(Job.published_at, Job.created_at) <= cutoff)
         .order_by(Job.rank, Job.created_at)
     )
     if job_ids is not None:
         query = query.where(Job.id.in_(list(job_ids)))
-    return [get_job(s, job_id=i) for i in s.scalars(query)]
-
-
-def dependents_of(s: Session, *, job_id: str) -> list[str]:
-    return list(s.scalars(select(JobDependency.job_id).where(JobDependency.after_job_id == job_id)))
+    if after_job is not None:
+        query = query.where(Job.id.in_(select(JobDependency.job_id).where(JobDependency.after_job_id == after_job)))
+    return [Ready(*row) for row in s.execute(query)]
 
 
 # ---------------------------------------------------------------------------------------------

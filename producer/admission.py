@@ -144,7 +144,10 @@ def _publish_ready(store: Ledger, jobs: Sequence[JobView]) -> None:
     from worker.celery_app import default_app
     from worker.publish import publish
 
-    with store.session() as s:
-        ready = ledger.ready_to_publish(s, job_ids=[j.id for j in jobs])
+    ready = [ledger.Ready(j.id, j.queue, j.reserved_micros) for j in jobs if not j.after and j.status in ledger.CLAIMABLE]
+    waiting = [j.id for j in jobs if j.after and j.status in ledger.CLAIMABLE]
+    if waiting:  # their dependencies may have succeeded already
+        with store.session() as s:
+            ready += ledger.ready_to_publish(s, job_ids=waiting)
     if ready:
-        publish(default_app(), store, ready)
+        publish(default_app(), store, ready, mark=False)

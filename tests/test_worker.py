@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import textwrap
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -121,3 +122,19 @@ def test_a_plan_runs_its_jobs_in_dependency_order(embedded, tmp_path):
     first, second = job(embedded, first["id"]), job(embedded, second["id"])
     assert first["status"] == second["status"] == "succeeded"
     assert second["started_at"] >= first["finished_at"]
+
+
+def test_a_payload_that_ignores_should_stop_is_stopped_by_the_celery_time_limit(embedded):
+    # $36/hour: the $0.02 reservation lasts 2 s; the soft limit derived from it fires soon after.
+    embedded.vars.update(WORKER_PRICE_PER_HOUR="36", BUDGETQ_INITIATIVES="stubborn=tests.initiatives.stubborn")
+    embedded.ok("budget", "create", "b", "--total", "1.00")
+    job_id = json.loads(embedded.ok("submit", "stubborn", "--budget", "b", "--estimate", "0.02", "--json").stdout)["id"]
+    started = time.monotonic()
+    embedded.burst(timeout=60)
+    done = job(embedded, job_id)
+    assert done["status"] == "budget_stopped"
+    assert done["charged_micros"] == 20_000  # the whole reservation, and not a micro-dollar more
+    assert time.monotonic() - started < 40
+    names = {m["name"] for m in json.loads(embedded.ok("results", "--job", job_id, "--json").stdout)["metrics"]}
+    assert "finished" not in names
+    assert audit_is_clean(embedded)

@@ -15,26 +15,32 @@ from celery import Celery
 from models import ledger
 from models.db import Ledger
 from models.errors import BackendUnavailable
-from models.ledger import JobView
+from models.ledger import Ready
 from models.settings import mask_url
 from worker.celery_app import RUN_JOB
 
 
-def publish(app: Celery, store: Ledger, jobs: Sequence[JobView]) -> list[str]:
-    """Send one message per job, then record when. Returns the ids sent."""
+def publish(app: Celery, store: Ledger, jobs: Sequence[Ready], *, mark: bool = True) -> list[str]:
+    """Send one message per job and (with ``mark``) record when. Returns the ids sent.
+
+    A fresh admission needs no mark: resend measures its age from when it was admitted.
+    """
     sent: list[str] = []
     try:
         with app.producer_or_acquire() as producer:
             for job in jobs:
-                app.send_task(RUN_JOB, args=[job.id], queue=job.queue, producer=producer, ignore_result=True)
+                # The reservation rides along so the worker can set the job's time limit without
+                # a database read; the ledger still caps what is charged.
+                app.send_task(RUN_JOB, args=[job.id], queue=job.queue, producer=producer, ignore_result=True,
+                              headers={"budgetq_reserved_micros": job.reserved_micros})
                 sent.append(job.id)
     except (kombu.exceptions.OperationalError, OSError) as exc:
         raise BackendUnavailable(
             f"broker at {mask_url(str(app.conf.broker_url))} refused the message ({exc}); the job stays admitted:"
-            " run `budgetq jobs resend` once the broker is back"
+            " run `budgetq jobs resend --older-than 0` once the broker is back"
         ) from exc
     finally:
-        if sent:
+        if sent and mark:
             with store.session() as s:
                 ledger.mark_published(s, job_ids=sent)
     return sent

@@ -91,13 +91,18 @@ class WorkerContext:
     def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter, heartbeat: Heartbeat) -> None:
         self.store, self.settings, self.claim, self.meter, self.heartbeat = store, settings, claim, meter, heartbeat
         self.job_id, self.attempt, self.initiative = claim.job_id, claim.attempt, claim.initiative
-        self.checkpoint_dir = settings.checkpoint_dir / claim.job_id
-        self.work_dir = settings.home / "work" / claim.job_id / str(claim.attempt)
-        for folder in (self.checkpoint_dir, self.work_dir):
-            folder.mkdir(parents=True, exist_ok=True)
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
         self.artifacts: list[ledger.ArtifactRow] = []
+
+    # The folders are made when a payload first asks for them: most jobs never do.
+    @property
+    def checkpoint_dir(self) -> Path:
+        return _made(self.settings.checkpoint_dir / self.job_id)
+
+    @property
+    def work_dir(self) -> Path:
+        return _made(self.settings.home / "work" / self.job_id / str(self.attempt))
 
     def log_metric(self, name: str, value: float, *, slice: Optional[str] = None, step: Optional[int] = None) -> None:
         self.metrics.append(MetricRow(name, float(value), slice, step))
@@ -139,6 +144,11 @@ class WorkerContext:
             return [_prior(s, ledger.get_job(s, job_id=dep)) for dep in job.after]
 
 
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _prior(s, job: ledger.JobView) -> PriorResult:
     metrics, artifacts = ledger.job_results(s, job_id=job.id)
     return PriorResult(
@@ -169,14 +179,15 @@ class Runtime:
         self.store = Ledger(settings.database_url)
         self.pid = os.getpid()
 
-    def time_limits(self, job_id: str) -> tuple[Optional[float], Optional[float]]:
-        """Soft and hard limits from what is still reserved, at this worker's price.
+    def time_limits(self, job_id: str, reserved: Optional[int] = None) -> tuple[Optional[float], Optional[float]]:
+        """Hard and soft limits from what is still reserved, at this worker's price.
 
         The heartbeat stops a job cooperatively when its reservation is spent; the soft limit
         interrupts a payload that ignores ``should_stop()``; the hard limit kills its process.
         """
-        with self.store.session() as s:
-            reserved = ledger.get_job(s, job_id=job_id).reserved_micros
+        if reserved is None:
+            with self.store.session() as s:
+                reserved = ledger.get_job(s, job_id=job_id).reserved_micros
         seconds = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency).seconds_for(reserved)
         if seconds is None:
             return None, None
@@ -230,24 +241,21 @@ class Runtime:
                     cost_micros=ctx.meter.cost_micros(), error=error, metrics=ctx.metrics, artifacts=ctx.artifacts,
                     failures=ctx.failures,
                 )
+                # What to publish next: the job itself if requeued, or the dependents it unblocked.
+                if closed.status == "requeued":
+                    ready = ledger.ready_to_publish(s, job_ids=[claim.job_id])
+                else:
+                    ready = ledger.ready_to_publish(s, after_job=claim.job_id) if closed.status == "succeeded" else []
         except LeaseLost as lost:
             log.warning("%s", lost)
             return "lease_lost"
-        shutil.rmtree(ctx.work_dir, ignore_errors=True)
-        if closed.status in ("succeeded", "requeued"):
-            self._publish_next(claim.job_id)
-        return closed.status
+        shutil.rmtree(self.settings.home / "work" / claim.job_id / str(claim.attempt), ignore_errors=True)
+        if ready:  # after commit
+            from worker.celery_app import default_app
+            from worker.publish import publish
 
-    def _publish_next(self, job_id: str) -> None:
-        """After commit: the job itself if requeued, or the dependents it unblocked."""
-        from worker.celery_app import default_app
-        from worker.publish import publish
-
-        with self.store.session() as s:
-            candidates = [job_id, *ledger.dependents_of(s, job_id=job_id)]
-            ready = ledger.ready_to_publish(s, job_ids=candidates)
-        if ready:
             publish(default_app(), self.store, ready)
+        return closed.status
 
 
 def _max_attempts(store: Ledger, job_id: str) -> int:

@@ -25,7 +25,8 @@ class BudgetedRequest(Request):
     def time_limits(self):
         if self._limits is None:
             try:
-                self._limits = runtime().time_limits(self.args[0])
+                reserved = self._request_dict.get("budgetq_reserved_micros")
+                self._limits = runtime().time_limits(self.args[0], reserved)
             except Exception:  # noqa: BLE001 - an unknown job is refused by its claim, not here
                 log.warning("no time limit for %s", self.args, exc_info=True)
                 self._limits = (None, None)
@@ -33,7 +34,10 @@ class BudgetedRequest(Request):
 
     @time_limits.setter
     def time_limits(self, value) -> None:
-        self._limits = tuple(value)
+        # Every message carries a `timelimit` header, [None, None] unless the sender set one;
+        # only a real limit from the sender overrides the one derived from the reservation.
+        if value and any(limit is not None for limit in value):
+            self._limits = tuple(value)
 
 
 @app.task(name=RUN_JOB, Request=BudgetedRequest, acks_late=True, ignore_result=True)

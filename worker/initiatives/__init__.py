@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-from models.errors import InvalidInput
+from models.errors import ConfigError, InvalidInput
 
 # name -> module. A new initiative is one line here and one module beside this file.
 REGISTRY: dict[str, str] = {
     "calibrate": "worker.initiatives.calibrate",
 }
+
+
+
+
+def _extra_initiatives(raw: str) -> dict[str, str]:
+    """``BUDGETQ_INITIATIVES="name=package.module,..."`` adds a team's own initiatives."""
+    extra = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, module = item.partition("=")
+        if not sep or not name.strip() or not module.strip():
+            raise ConfigError(f"BUDGETQ_INITIATIVES item {item!r} is not name=package.module")
+        extra[name.strip()] = module.strip()
+    return extra
+
+
+REGISTRY.update(_extra_initiatives(os.environ.get("BUDGETQ_INITIATIVES", "")))
 
 
 def names() -> list[str]:
@@ -30,7 +47,10 @@ def names() -> list[str]:
 def load(name: str) -> types.ModuleType:
     if name not in REGISTRY:
         raise InvalidInput(f"unknown initiative {name!r}; known initiatives: {', '.join(names())}")
-    return importlib.import_module(REGISTRY[name])
+    try:
+        return importlib.import_module(REGISTRY[name])
+    except ImportError as exc:
+        raise ConfigError(f"initiative {name!r} cannot be loaded from {REGISTRY[name]!r}: {exc}; check BUDGETQ_INITIATIVES and the install") from None
 
 
 def parse_params(name: str, raw: Mapping[str, Any]) -> Any:

@@ -1,0 +1,142 @@
+"""Queue overhead: no-op jobs end to end through Redis, budgetq's gated path versus plain Celery.
+
+    .venv/bin/python -m bench.queue [--jobs 400] [--concurrency 2]
+
+Both runs use Redis as the broker and a warm prefork worker with the same settings (JSON, late
+acks, prefetch 1). The gated run submits each job through budgetq (admit in the PostgreSQL
+ledger, commit, publish), and its worker claims, runs a no-op initiative, and settles it; done
+means every job has settled. The plain run publishes a Celery task that does nothing but count
+itself done in Redis. Each clock runs from the first submit to the last completion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import redis
+
+from bench.common import REDIS_URL, REPO, fresh_postgres, write_section
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, BROKER_URL=REDIS_URL, BUDGETQ_INITIATIVES="noop=bench.noop", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the benchmark's jobs did not finish")
+        time.sleep(0.02)
+
+
+def gated(jobs: int, concurrency: int) -> float:
+    with fresh_postgres() as url:
+        env = _env(DATABASE_URL=url, BUDGETQ_HOME=f"/tmp/budgetq-bench-{os.getpid()}")
+        os.environ.update(env)  # this process is the producer
+        from models import ledger
+        from models.db import Ledger
+        from models.settings import load_settings
+        from producer.admission import submit
+
+        settings = load_settings()
+        store = Ledger(url)
+        store.upgrade()
+        with store.session() as s:
+            ledger.create_budget(s, name="bench", total_micros=10**12)
+        worker = _start([sys.executable, "-m", "producer", "worker", "-Q", "noop", "-c", str(concurrency), "--loglevel", "warning"], env)
+        try:
+            _warm_up(lambda: submit(store, settings, budget="bench", initiative="noop", estimate_micros=1_000, params={},
+                                    queue=None, key=None, after=(), max_attempts=1), store)
+            start = time.perf_counter()
+            for _ in range(jobs):
+                submit(store, settings, budget="bench", initiative="noop", estimate_micros=1_000, params={},
+                       queue=None, key=None, after=(), max_attempts=1)
+            _wait(lambda: _settled(store) == jobs + 1, timeout=600)
+            elapsed = time.perf_counter() - start
+            with store.session() as s:
+                assert ledger.audit(s) == []
+            return elapsed
+        finally:
+            os.killpg(worker.pid, 15)
+            worker.wait()
+            store.engine.dispose()
+
+
+def _warm_up(submit_one, store) -> None:
+    """One job through first, so both clocks start with a worker that is already consuming."""
+    submit_one()
+    _wait(lambda: _settled(store) == 1, timeout=120)
+
+
+def _settled(store) -> int:
+    from sqlalchemy import func, select
+
+    from models.schema import Job
+
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
+
+
+def plain(jobs: int, concurrency: int) -> float:
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete("plain:done")
+    worker = _start([sys.executable, "-m", "celery", "-A", "bench.plain_app", "worker", "-Q", "plain", "-c", str(concurrency),
+                     "--loglevel", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"], _env())
+    try:
+        from bench.plain_app import noop
+
+        noop.apply_async(args=[0], queue="plain")
+        _wait(lambda: int(r.get("plain:done") or 0) == 1, timeout=120)
+        start = time.perf_counter()
+        for i in range(jobs):
+            noop.apply_async(args=[i], queue="plain")
+        _wait(lambda: int(r.get("plain:done") or 0) == jobs + 1, timeout=600)
+        return time.perf_counter() - start
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    os.environ["BROKER_URL"] = REDIS_URL  # both the plain app and budgetq publish to this Redis
+    plain_s = plain(args.jobs, args.concurrency)
+    gated_s = gated(args.jobs, args.concurrency)
+    plain_rate, gated_rate = args.jobs / plain_s, args.jobs / gated_s
+    body = f"""
+`.venv/bin/python -m bench.queue --jobs {args.jobs} --concurrency {args.concurrency}` on {platform.machine()},
+{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}. No-op jobs end to end through Redis, from the
+first submit to the last completion, with a warm prefork worker of {args.concurrency} processes.
+Gated: budgetq admits each job in the PostgreSQL ledger, publishes it after commit, and the worker
+claims it (with a heartbeat thread and a lease), runs a no-op initiative and settles it. Plain: a
+Celery task that only counts itself done. Target: gated at least 80% of plain.
+
+| path | jobs | seconds | jobs/s |
+|---|---|---|---|
+| plain Celery | {args.jobs} | {plain_s:.2f} | {plain_rate:.0f} |
+| budgetq gated | {args.jobs} | {gated_s:.2f} | {gated_rate:.0f} |
+
+Gated reaches **{100 * gated_rate / plain_rate:.0f}%** of plain.
+"""
+    write_section("Queue overhead", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
