@@ -103,7 +103,7 @@ def raw_worker(url: str, seconds: float, start, out) -> None:
 
 
 def measure(target, url: str, processes: int, seconds: float) -> dict:
-    from models import ledger
+    from models import ledger, queries
     from models.db import Ledger
 
     store = Ledger(url)
@@ -121,8 +121,8 @@ def measure(target, url: str, processes: int, seconds: float) -> dict:
     for p in procs:
         p.join()
     with store.session() as s:
-        problems = ledger.audit(s)
-        budget = ledger.get_budget(s, name="bench")
+        problems = queries.audit(s)
+        budget = queries.get_budget(s, name="bench")
     store.engine.dispose()
     gate = [g for _, gs in results for g in gs]
     return {

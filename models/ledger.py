@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy import String, and_, case, exists, func, insert, literal, or_, select, text, union_all, update
+from sqlalchemy import String, and_, case, exists, func, insert, literal, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.errors import BudgetExhausted, ClaimRefused, InvalidInput, LeaseLost, NotFound
 from models.money import format_micros
+from models.queries import _job_by_key, get_budget, get_job
+from models.views import ArtifactRow, Beat, BudgetView, Claim, Closed, JobView, Ready  # noqa: F401 - part of the API
 from models.schema import (
     FINAL_STATUSES,
     Artifact,
@@ -49,84 +50,6 @@ def utcnow() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plain frozen views: callers never hold ORM rows.
-
-
-@dataclass(frozen=True)
-class BudgetView:
-    id: int
-    name: str
-    total_micros: int
-    spent_micros: int
-    reserved_micros: int
-
-    @property
-    def left_micros(self) -> int:
-        return self.total_micros - self.spent_micros - self.reserved_micros
-
-
-@dataclass(frozen=True)
-class JobView:
-    id: str
-    budget: str
-    initiative: str
-    queue: str
-    params: dict[str, Any]
-    status: str
-    rank: int
-    estimate_micros: int
-    reserved_micros: int
-    charged_micros: int
-    metered_micros: int
-    attempts: int
-    max_attempts: int
-    worker: Optional[str]
-    lease_until: Optional[datetime]
-    idempotency_key: Optional[str]
-    error: Optional[str]
-    created_at: datetime
-    started_at: Optional[datetime]
-    finished_at: Optional[datetime]
-    after: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Claim:
-    job_id: str
-    attempt: int
-    initiative: str
-    params: dict[str, Any]
-    reserved_micros: int
-    lease_until: datetime
-
-
-@dataclass(frozen=True)
-class Beat:
-    stop: bool
-    reason: Optional[str]
-
-
-@dataclass(frozen=True)
-class ArtifactRow:
-    name: str
-    uri: str
-    sha256: str
-    bytes: int
-
-
-@dataclass(frozen=True)
-class Closed:
-    """The outcome of closing an attempt: what it charged, what it released, where the job went."""
-
-    job_id: str
-    attempt: int
-    status: str
-    charge_micros: int
-    release_micros: int
-    replayed: bool = False
-
-
-# ---------------------------------------------------------------------------------------------
 # Budgets
 
 
@@ -146,17 +69,6 @@ def create_budget(s: Session, *, name: str, total_micros: int) -> BudgetView:
         raise InvalidInput(f"budget {name!r} already exists; pick another name or use it as it is") from None
     _append(s, budget_id=budget_id, job_id=None, attempt=0, kind="fund", amount=total_micros, now=now)
     return BudgetView(budget_id, name, total_micros, 0, 0)
-
-
-def get_budget(s: Session, *, name: str) -> BudgetView:
-    row = s.scalars(select(Budget).where(Budget.name == name)).one_or_none()
-    if row is None:
-        raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
-    return _budget_view(row)
-
-
-def list_budgets(s: Session) -> list[BudgetView]:
-    return [_budget_view(b) for b in s.scalars(select(Budget).order_by(Budget.name))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,13 +195,6 @@ def _add_dependency(s: Session, *, job_id: str, after_job_id: str) -> None:
     if s.get(Job, after_job_id) is None:
         raise NotFound(f"no job {after_job_id!r} to run after; check `budgetq jobs list`")
     s.execute(insert(JobDependency).values(job_id=job_id, after_job_id=after_job_id))
-
-
-def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
-    job_id = s.scalar(
-        select(Job.id).join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget, Job.idempotency_key == key)
-    )
-    return None if job_id is None else get_job(s, job_id=job_id)
 
 
 def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
@@ -570,15 +475,6 @@ def cancel_orphans(s: Session) -> list[Closed]:
     return _close_attempt(s, guard=guard, charge=0, status=literal("cancelled"), error="a dependency did not succeed")
 
 
-@dataclass(frozen=True)
-class Ready:
-    """A job that may be published: what the message needs."""
-
-    id: str
-    queue: str
-    reserved_micros: int
-
-
 def ready_to_publish(
     s: Session, *, older_than_seconds: float = 0, job_ids: Optional[Sequence[str]] = None, after_job: Optional[str] = None
 ) -> list[Ready]:
@@ -624,97 +520,6 @@ def touch_worker(s: Session, *, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reads
-
-
-def get_job(s: Session, *, job_id: str) -> JobView:
-    row = s.execute(
-        select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id).where(Job.id == job_id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"no job {job_id!r}; list jobs with `budgetq jobs list`")
-    after = tuple(s.scalars(select(JobDependency.after_job_id).where(JobDependency.job_id == job_id)))
-    return _job_view(row[0], row[1], after)
-
-
-def list_jobs(
-    s: Session, *, budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None, limit: int = 200
-) -> list[JobView]:
-    query = select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id)
-    if budget:
-        query = query.where(Budget.name == budget)
-    if status:
-        query = query.where(Job.status == status)
-    if initiative:
-        query = query.where(Job.initiative == initiative)
-    rows = s.execute(query.order_by(Job.created_at.desc(), Job.rank).limit(limit)).all()
-    return [_job_view(job, name, ()) for job, name in rows]
-
-
-def job_results(s: Session, *, job_id: str) -> tuple[list[Metric], list[Artifact]]:
-    metrics = list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
-    artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
-    return metrics, artifacts
-
-
-def latest_succeeded(s: Session, *, initiative: str, limit: int = 50) -> list[JobView]:
-    ids = s.scalars(
-        select(Job.id)
-        .where(Job.initiative == initiative, Job.status == "succeeded")
-        .order_by(Job.finished_at.desc())
-        .limit(limit)
-    )
-    return [get_job(s, job_id=i) for i in ids]
-
-
-@dataclass(frozen=True)
-class AuditProblem:
-    subject: str
-    detail: str
-
-
-def audit(s: Session) -> list[AuditProblem]:
-    """Check that the entries sum to every budget row and every job's charged amount."""
-    problems: list[AuditProblem] = []
-    sums = {
-        (row.budget_id, row.kind): row.total
-        for row in s.execute(
-            select(LedgerEntry.budget_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
-            .group_by(LedgerEntry.budget_id, LedgerEntry.kind)
-        )
-    }
-    for b in s.scalars(select(Budget)):
-        got = lambda kind: int(sums.get((b.id, kind), 0) or 0)  # noqa: E731
-        expected = {
-            "total": got("fund"),
-            "spent": got("charge"),
-            "reserved": got("reserve") - got("release") - got("charge"),
-        }
-        actual = {"total": b.total_micros, "spent": b.spent_micros, "reserved": b.reserved_micros}
-        for field_name, value in expected.items():
-            if value != actual[field_name]:
-                problems.append(AuditProblem(f"budget {b.name}", f"{field_name} is {actual[field_name]} but entries sum to {value}"))
-        if b.spent_micros + b.reserved_micros > b.total_micros:
-            problems.append(AuditProblem(f"budget {b.name}", "spent + reserved exceeds total"))
-    job_sums = {
-        (row.job_id, row.kind): int(row.total)
-        for row in s.execute(
-            select(LedgerEntry.job_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
-            .where(LedgerEntry.job_id.is_not(None))
-            .group_by(LedgerEntry.job_id, LedgerEntry.kind)
-        )
-    }
-    for job in s.scalars(select(Job)):
-        charged = job_sums.get((job.id, "charge"), 0)
-        held = job_sums.get((job.id, "reserve"), 0) - job_sums.get((job.id, "release"), 0) - charged
-        if charged != job.charged_micros:
-            problems.append(AuditProblem(f"job {job.id}", f"charged is {job.charged_micros} but charge entries sum to {charged}"))
-        if held != job.reserved_micros:
-            problems.append(AuditProblem(f"job {job.id}", f"reserved is {job.reserved_micros} but entries leave {held}"))
-    return problems
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -726,61 +531,3 @@ def _append(s: Session, *, budget_id: int, job_id: Optional[str], attempt: int, 
     )
 
 
-def _budget_view(b: Budget) -> BudgetView:
-    return BudgetView(b.id, b.name, b.total_micros, b.spent_micros, b.reserved_micros)
-
-
-def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
-    return JobView(
-        id=j.id, budget=budget_name, initiative=j.initiative, queue=j.queue, params=dict(j.params), status=j.status,
-        rank=j.rank, estimate_micros=j.estimate_micros, reserved_micros=j.reserved_micros,
-        charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
-        max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
-        error=j.error, created_at=j.created_at, started_at=j.started_at, finished_at=j.finished_at, after=after,
-    )
-
-
-@dataclass(frozen=True)
-class InitiativeSummary:
-    initiative: str
-    jobs: int
-    succeeded: int
-    charged_micros: int
-    improvement: Optional[float]  # sum over succeeded jobs of their `improvement` metric
-
-    @property
-    def improvement_per_dollar(self) -> Optional[float]:
-        if self.improvement is None or self.charged_micros == 0:
-            return None
-        return self.improvement / (self.charged_micros / 1_000_000)
-
-
-def initiative_summary(s: Session, *, budget: Optional[str] = None) -> list[InitiativeSummary]:
-    """Per initiative: jobs, money charged, and the improvement it bought (the `improvement` metric)."""
-    jobs = select(Job.id, Job.initiative, Job.status, Job.charged_micros)
-    if budget:
-        jobs = jobs.join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget)
-    jobs = jobs.subquery()
-    last_improvement = (
-        select(Metric.job_id, func.max(Metric.id).label("metric_id"))
-        .where(Metric.name == "improvement", Metric.slice.is_(None))
-        .group_by(Metric.job_id)
-        .subquery()
-    )
-    rows = s.execute(
-        select(jobs.c.initiative, jobs.c.status, jobs.c.charged_micros, Metric.value)
-        .select_from(jobs)
-        .outerjoin(last_improvement, last_improvement.c.job_id == jobs.c.id)
-        .outerjoin(Metric, Metric.id == last_improvement.c.metric_id)
-    ).all()
-    summary: dict[str, dict[str, Any]] = {}
-    for initiative, status, charged, improvement in rows:
-        acc = summary.setdefault(initiative, {"jobs": 0, "succeeded": 0, "charged": 0, "improvement": None})
-        acc["jobs"] += 1
-        acc["charged"] += charged
-        if status == "succeeded":
-            acc["succeeded"] += 1
-            if improvement is not None:
-                acc["improvement"] = (acc["improvement"] or 0.0) + improvement
-    out = [InitiativeSummary(k, v["jobs"], v["succeeded"], v["charged"], v["improvement"]) for k, v in summary.items()]
-    return sorted(out, key=lambda r: (r.improvement_per_dollar is None, -(r.improvement_per_dollar or 0), r.initiative))

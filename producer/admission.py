@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from models import ledger
+from models import ledger, queries, views
 from models.db import Ledger
 from models.errors import BudgetExhausted, NotFound
-from models.ledger import JobView
+from models.views import JobView
 from models.money import format_micros
 from models.settings import Settings
 from producer.plan import Plan, PlanEntry
@@ -59,11 +59,11 @@ def dry_run(store: Ledger, plan: Plan, *, partial: bool) -> list[Decision]:
     """What ``run_plan`` would admit and reject against the budget as it is now; writes nothing."""
     with store.session() as s:
         if _budget_exists(s, plan.budget):
-            left = ledger.get_budget(s, name=plan.budget).left_micros
+            left = queries.get_budget(s, name=plan.budget).left_micros
         elif plan.total_micros is not None:
             left = plan.total_micros
         else:
-            ledger.get_budget(s, name=plan.budget)  # raises NotFound with the fix
+            queries.get_budget(s, name=plan.budget)  # raises NotFound with the fix
         decisions, rejected = [], set()
         for entry in plan.entries:
             reason = _rejection(entry, left, rejected)
@@ -133,7 +133,7 @@ def _admit_entry(s, settings: Settings, plan: Plan, entry: PlanEntry, ids: dict[
 
 def _budget_exists(s, name: str) -> bool:
     try:
-        ledger.get_budget(s, name=name)
+        queries.get_budget(s, name=name)
     except NotFound:
         return False
     return True
@@ -144,7 +144,7 @@ def _publish_ready(store: Ledger, jobs: Sequence[JobView]) -> None:
     from worker.celery_app import default_app
     from worker.publish import publish
 
-    ready = [ledger.Ready(j.id, j.queue, j.reserved_micros) for j in jobs if not j.after and j.status in ledger.CLAIMABLE]
+    ready = [views.Ready(j.id, j.queue, j.reserved_micros) for j in jobs if not j.after and j.status in ledger.CLAIMABLE]
     waiting = [j.id for j in jobs if j.after and j.status in ledger.CLAIMABLE]
     if waiting:  # their dependencies may have succeeded already
         with store.session() as s:

@@ -17,7 +17,7 @@ try:  # typer 0.2x vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from models import ledger
+from models import ledger, queries
 from models.db import Ledger
 from models.errors import BudgetqError, InvalidInput
 from models.money import format_micros, parse_dollars
@@ -84,8 +84,8 @@ def budget_show(name: str, as_json: bool = JSON) -> None:
     """A budget's total, spent, reserved and what is left."""
     _, store = _open()
     with store.session() as s:
-        budget = ledger.get_budget(s, name=name)
-        jobs = ledger.list_jobs(s, budget=name, limit=10_000)
+        budget = queries.get_budget(s, name=name)
+        jobs = queries.list_jobs(s, budget=name, limit=10_000)
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -101,7 +101,7 @@ def budget_list(as_json: bool = JSON) -> None:
     """Every budget."""
     _, store = _open()
     with store.session() as s:
-        budgets = ledger.list_budgets(s)
+        budgets = queries.list_budgets(s)
     if as_json:
         emit_json([render.budget_json(b) for b in budgets])
     else:
@@ -113,7 +113,7 @@ def budget_audit(as_json: bool = JSON) -> None:
     """Check that the ledger entries sum to every budget and job; exit 1 if they do not."""
     _, store = _open()
     with store.session() as s:
-        problems = ledger.audit(s)
+        problems = queries.audit(s)
     if as_json:
         emit_json({"ok": not problems, "problems": [{"subject": p.subject, "detail": p.detail} for p in problems]})
     elif problems:
@@ -211,7 +211,7 @@ def jobs_list(
         raise InvalidInput(f"--status {status!r} is not a job status; use one of {', '.join(JOB_STATUSES)}")
     _, store = _open()
     with store.session() as s:
-        jobs = ledger.list_jobs(s, budget=budget, status=status, initiative=initiative, limit=limit)
+        jobs = queries.list_jobs(s, budget=budget, status=status, initiative=initiative, limit=limit)
     if as_json:
         emit_json([render.job_json(j) for j in jobs])
     else:
@@ -223,7 +223,7 @@ def jobs_show(job_id: str, as_json: bool = JSON) -> None:
     """One job in full."""
     _, store = _open()
     with store.session() as s:
-        job = ledger.get_job(s, job_id=job_id)
+        job = queries.get_job(s, job_id=job_id)
     if as_json:
         emit_json(render.job_json(job))
     else:
@@ -287,10 +287,10 @@ def results(
     _, store = _open()
     with store.session() as s:
         if job:
-            view = ledger.get_job(s, job_id=job)
-            metrics, artifacts = ledger.job_results(s, job_id=job)
+            view = queries.get_job(s, job_id=job)
+            metrics, artifacts = queries.job_results(s, job_id=job)
         else:
-            summary = ledger.initiative_summary(s, budget=budget)
+            summary = queries.initiative_summary(s, budget=budget)
     if job:
         _job_results(view, metrics, artifacts, as_json)
     elif as_json:

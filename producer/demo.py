@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from models import ledger
+from models import queries
 from models.db import Ledger
 from models.money import format_micros
 from models.settings import Settings
@@ -37,10 +37,10 @@ def run_demo(settings: Settings, store: Ledger, *, plan_path: Path) -> None:
 
 def _report(store: Ledger, budget: str) -> None:
     with store.session() as s:
-        jobs = sorted(ledger.list_jobs(s, budget=budget), key=lambda j: j.rank)
-        results = {j.id: ledger.job_results(s, job_id=j.id)[0] for j in jobs}
-        summary = ledger.initiative_summary(s, budget=budget)
-        view = ledger.get_budget(s, name=budget)
+        jobs = sorted(queries.list_jobs(s, budget=budget), key=lambda j: j.rank)
+        results = {j.id: queries.job_results(s, job_id=j.id)[0] for j in jobs}
+        summary = queries.initiative_summary(s, budget=budget)
+        view = queries.get_budget(s, name=budget)
     rows = []
     for job in jobs:
         headline = _headline(results[job.id])

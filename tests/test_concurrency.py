@@ -2,9 +2,8 @@
 
 import multiprocessing
 
-import pytest
 
-from models import ledger
+from models import ledger, queries
 from models.db import Ledger
 from models.errors import BudgetExhausted
 
@@ -47,8 +46,8 @@ def test_racing_admissions_admit_exactly_what_fits(store, db_url):
     assert admitted == TOTAL // ESTIMATE
     assert sum(r for _, r in counts) == PROCESSES * ATTEMPTS - admitted
     with store.session() as s:
-        budget = ledger.get_budget(s, name="race")
-        assert ledger.audit(s) == []
-        assert len(ledger.list_jobs(s, budget="race", limit=10_000)) == admitted
+        budget = queries.get_budget(s, name="race")
+        assert queries.audit(s) == []
+        assert len(queries.list_jobs(s, budget="race", limit=10_000)) == admitted
     assert budget.reserved_micros == admitted * ESTIMATE
     assert budget.spent_micros + budget.reserved_micros <= budget.total_micros

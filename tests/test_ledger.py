@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from models import ledger
+from models import ledger, queries, views
 from models.errors import BudgetExhausted, ClaimRefused, LeaseLost, NotFound
 from models.schema import Budget, LedgerEntry
 
@@ -32,12 +32,12 @@ def settle(store, job, attempt=1, status="succeeded", cost=10_000, worker="w1"):
 
 def budget(store, name="b"):
     with store.session() as s:
-        return ledger.get_budget(s, name=name)
+        return queries.get_budget(s, name=name)
 
 
 def assert_audit_clean(store):
     with store.session() as s:
-        assert ledger.audit(s) == []
+        assert queries.audit(s) == []
 
 
 @pytest.fixture
@@ -105,9 +105,9 @@ def test_heartbeat_asks_to_stop_once_the_reservation_is_metered(funded):
     with funded.session() as s:
         assert not ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=10, lease_seconds=30).stop
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=60_000, lease_seconds=30)
-    assert beat == ledger.Beat(True, "budget")
+    assert beat == views.Beat(True, "budget")
     with funded.session() as s:
-        assert ledger.get_job(s, job_id=job.id).metered_micros == 50_000  # capped in SQL
+        assert queries.get_job(s, job_id=job.id).metered_micros == 50_000  # capped in SQL
 
 
 def test_an_expired_lease_is_charged_to_its_last_heartbeat_and_requeued(funded):
@@ -124,7 +124,7 @@ def test_an_expired_lease_is_charged_to_its_last_heartbeat_and_requeued(funded):
     assert claim(funded, job, worker="w2").attempt == 2
     settle(funded, job, attempt=2, worker="w2", cost=1_000)
     with funded.session() as s:
-        final = ledger.get_job(s, job_id=job.id)
+        final = queries.get_job(s, job_id=job.id)
     assert (final.status, final.charged_micros, final.reserved_micros) == ("succeeded", 13_345, 0)
     assert_audit_clean(funded)
 
@@ -143,7 +143,7 @@ def test_cancelling_a_queued_job_releases_it_and_its_dependents(funded):
     second = admit(funded, after=[first.id])
     with funded.session() as s:
         assert ledger.cancel_job(s, job_id=first.id).status == "cancelled"
-        assert ledger.get_job(s, job_id=second.id).status == "cancelled"
+        assert queries.get_job(s, job_id=second.id).status == "cancelled"
     assert budget(funded).reserved_micros == 0
     assert_audit_clean(funded)
 
@@ -166,7 +166,7 @@ def test_cancelling_a_running_job_tells_its_heartbeat_to_stop(funded):
     with funded.session() as s:
         assert ledger.cancel_job(s, job_id=job.id).status == "running"
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=1, lease_seconds=30)
-    assert beat == ledger.Beat(True, "cancelled")
+    assert beat == views.Beat(True, "cancelled")
 
 
 def test_the_check_constraint_refuses_an_overspend_written_by_hand(funded):
@@ -180,7 +180,7 @@ def test_audit_reports_a_budget_row_that_disagrees_with_its_entries(funded):
     with funded.session() as s:
         s.execute(update(Budget).values(spent_micros=5))
     with funded.session() as s:
-        problems = ledger.audit(s)
+        problems = queries.audit(s)
     assert [p.detail for p in problems] == ["spent is 5 but entries sum to 0"]
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from models import ledger
+from models import ledger, queries
 from models.db import Ledger
 from models.schema import LedgerEntry
 from tests.conftest import wait_for
@@ -86,7 +86,7 @@ def test_a_killed_workers_job_is_charged_to_its_last_heartbeat_requeued_and_reru
 
     def metered():
         with store.session() as s:
-            return ledger.get_job(s, job_id=job_id).metered_micros
+            return queries.get_job(s, job_id=job_id).metered_micros
 
     wait_for(lambda: metered() > 500, timeout=60, what="the job to heartbeat")
     os.killpg(worker.pid, signal.SIGKILL)  # the spot instance disappears, pool processes and all

@@ -15,7 +15,7 @@ from celery import Celery
 from models import ledger
 from models.db import Ledger
 from models.errors import BackendUnavailable
-from models.ledger import Ready
+from models.views import Ready
 from models.settings import mask_url
 from worker.celery_app import RUN_JOB
 

@@ -18,10 +18,10 @@ from typing import Any, Optional
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import ledger
+from models import ledger, queries, views
 from models.db import Ledger
 from models.errors import BudgetStop, ClaimRefused, LeaseLost, RetryableError
-from models.ledger import Claim
+from models.views import Claim
 from models.settings import Settings
 from worker import initiatives
 from worker.context import FailureRow, MetricRow, PriorResult
@@ -93,7 +93,7 @@ class WorkerContext:
         self.job_id, self.attempt, self.initiative = claim.job_id, claim.attempt, claim.initiative
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
-        self.artifacts: list[ledger.ArtifactRow] = []
+        self.artifacts: list[views.ArtifactRow] = []
 
     # The folders are made when a payload first asks for them: most jobs never do.
     @property
@@ -117,7 +117,7 @@ class WorkerContext:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(path, dest) if Path(path).is_dir() else shutil.copy2(path, dest)
         digest, size = _digest(dest)
-        self.artifacts.append(ledger.ArtifactRow(name=name, uri=str(dest), sha256=digest, bytes=size))
+        self.artifacts.append(views.ArtifactRow(name=name, uri=str(dest), sha256=digest, bytes=size))
         return str(dest)
 
     def cost_micros(self) -> int:
@@ -133,15 +133,15 @@ class WorkerContext:
 
     def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
         with self.store.session() as s:
-            for job in ledger.latest_succeeded(s, initiative=initiative):
+            for job in queries.latest_succeeded(s, initiative=initiative):
                 if all(job.params.get(k) == v for k, v in param_filter.items()):
                     return _prior(s, job)
         return None
 
     def dependencies(self) -> list[PriorResult]:
         with self.store.session() as s:
-            job = ledger.get_job(s, job_id=self.job_id)
-            return [_prior(s, ledger.get_job(s, job_id=dep)) for dep in job.after]
+            job = queries.get_job(s, job_id=self.job_id)
+            return [_prior(s, queries.get_job(s, job_id=dep)) for dep in job.after]
 
 
 def _made(folder: Path) -> Path:
@@ -149,8 +149,8 @@ def _made(folder: Path) -> Path:
     return folder
 
 
-def _prior(s, job: ledger.JobView) -> PriorResult:
-    metrics, artifacts = ledger.job_results(s, job_id=job.id)
+def _prior(s, job: views.JobView) -> PriorResult:
+    metrics, artifacts = queries.job_results(s, job_id=job.id)
     return PriorResult(
         job_id=job.id, initiative=job.initiative, status=job.status, params=job.params,
         metrics=tuple(MetricRow(m.name, m.value, m.slice, m.step) for m in metrics),
@@ -187,7 +187,7 @@ class Runtime:
         """
         if reserved is None:
             with self.store.session() as s:
-                reserved = ledger.get_job(s, job_id=job_id).reserved_micros
+                reserved = queries.get_job(s, job_id=job_id).reserved_micros
         seconds = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency).seconds_for(reserved)
         if seconds is None:
             return None, None
@@ -260,7 +260,7 @@ class Runtime:
 
 def _max_attempts(store: Ledger, job_id: str) -> int:
     with store.session() as s:
-        return ledger.get_job(s, job_id=job_id).max_attempts
+        return queries.get_job(s, job_id=job_id).max_attempts
 
 
 def _one_line(exc: BaseException) -> str:

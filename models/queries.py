@@ -1,0 +1,145 @@
+"""Reads of the ledger: budgets, jobs, results, the audit and the per-initiative summary.
+
+Nothing here writes; every state change lives in ``models.ledger``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.errors import NotFound
+from models.schema import Artifact, Budget, Job, JobDependency, LedgerEntry, Metric
+from models.views import AuditProblem, BudgetView, InitiativeSummary, JobView, _budget_view, _job_view
+
+
+def get_budget(s: Session, *, name: str) -> BudgetView:
+    row = s.scalars(select(Budget).where(Budget.name == name)).one_or_none()
+    if row is None:
+        raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
+    return _budget_view(row)
+
+
+def list_budgets(s: Session) -> list[BudgetView]:
+    return [_budget_view(b) for b in s.scalars(select(Budget).order_by(Budget.name))]
+
+
+def get_job(s: Session, *, job_id: str) -> JobView:
+    row = s.execute(
+        select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}; list jobs with `budgetq jobs list`")
+    after = tuple(s.scalars(select(JobDependency.after_job_id).where(JobDependency.job_id == job_id)))
+    return _job_view(row[0], row[1], after)
+
+
+def list_jobs(
+    s: Session, *, budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None, limit: int = 200
+) -> list[JobView]:
+    query = select(Job, Budget.name).join(Budget, Budget.id == Job.budget_id)
+    if budget:
+        query = query.where(Budget.name == budget)
+    if status:
+        query = query.where(Job.status == status)
+    if initiative:
+        query = query.where(Job.initiative == initiative)
+    rows = s.execute(query.order_by(Job.created_at.desc(), Job.rank).limit(limit)).all()
+    return [_job_view(job, name, ()) for job, name in rows]
+
+
+def job_results(s: Session, *, job_id: str) -> tuple[list[Metric], list[Artifact]]:
+    metrics = list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
+    artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+    return metrics, artifacts
+
+
+def latest_succeeded(s: Session, *, initiative: str, limit: int = 50) -> list[JobView]:
+    ids = s.scalars(
+        select(Job.id)
+        .where(Job.initiative == initiative, Job.status == "succeeded")
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    )
+    return [get_job(s, job_id=i) for i in ids]
+
+
+def audit(s: Session) -> list[AuditProblem]:
+    """Check that the entries sum to every budget row and every job's charged amount."""
+    problems: list[AuditProblem] = []
+    sums = {
+        (row.budget_id, row.kind): row.total
+        for row in s.execute(
+            select(LedgerEntry.budget_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
+            .group_by(LedgerEntry.budget_id, LedgerEntry.kind)
+        )
+    }
+    for b in s.scalars(select(Budget)):
+        got = lambda kind: int(sums.get((b.id, kind), 0) or 0)  # noqa: E731
+        expected = {
+            "total": got("fund"),
+            "spent": got("charge"),
+            "reserved": got("reserve") - got("release") - got("charge"),
+        }
+        actual = {"total": b.total_micros, "spent": b.spent_micros, "reserved": b.reserved_micros}
+        for field_name, value in expected.items():
+            if value != actual[field_name]:
+                problems.append(AuditProblem(f"budget {b.name}", f"{field_name} is {actual[field_name]} but entries sum to {value}"))
+        if b.spent_micros + b.reserved_micros > b.total_micros:
+            problems.append(AuditProblem(f"budget {b.name}", "spent + reserved exceeds total"))
+    job_sums = {
+        (row.job_id, row.kind): int(row.total)
+        for row in s.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind, func.sum(LedgerEntry.amount_micros).label("total"))
+            .where(LedgerEntry.job_id.is_not(None))
+            .group_by(LedgerEntry.job_id, LedgerEntry.kind)
+        )
+    }
+    for job in s.scalars(select(Job)):
+        charged = job_sums.get((job.id, "charge"), 0)
+        held = job_sums.get((job.id, "reserve"), 0) - job_sums.get((job.id, "release"), 0) - charged
+        if charged != job.charged_micros:
+            problems.append(AuditProblem(f"job {job.id}", f"charged is {job.charged_micros} but charge entries sum to {charged}"))
+        if held != job.reserved_micros:
+            problems.append(AuditProblem(f"job {job.id}", f"reserved is {job.reserved_micros} but entries leave {held}"))
+    return problems
+
+
+def initiative_summary(s: Session, *, budget: Optional[str] = None) -> list[InitiativeSummary]:
+    """Per initiative: jobs, money charged, and the improvement it bought (the `improvement` metric)."""
+    jobs = select(Job.id, Job.initiative, Job.status, Job.charged_micros)
+    if budget:
+        jobs = jobs.join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget)
+    jobs = jobs.subquery()
+    last_improvement = (
+        select(Metric.job_id, func.max(Metric.id).label("metric_id"))
+        .where(Metric.name == "improvement", Metric.slice.is_(None))
+        .group_by(Metric.job_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(jobs.c.initiative, jobs.c.status, jobs.c.charged_micros, Metric.value)
+        .select_from(jobs)
+        .outerjoin(last_improvement, last_improvement.c.job_id == jobs.c.id)
+        .outerjoin(Metric, Metric.id == last_improvement.c.metric_id)
+    ).all()
+    summary: dict[str, dict[str, Any]] = {}
+    for initiative, status, charged, improvement in rows:
+        acc = summary.setdefault(initiative, {"jobs": 0, "succeeded": 0, "charged": 0, "improvement": None})
+        acc["jobs"] += 1
+        acc["charged"] += charged
+        if status == "succeeded":
+            acc["succeeded"] += 1
+            if improvement is not None:
+                acc["improvement"] = (acc["improvement"] or 0.0) + improvement
+    out = [InitiativeSummary(k, v["jobs"], v["succeeded"], v["charged"], v["improvement"]) for k, v in summary.items()]
+    return sorted(out, key=lambda r: (r.improvement_per_dollar is None, -(r.improvement_per_dollar or 0), r.initiative))
+
+
+def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
+    job_id = s.scalar(
+        select(Job.id).join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget, Job.idempotency_key == key)
+    )
+    return None if job_id is None else get_job(s, job_id=job_id)

@@ -1,0 +1,127 @@
+"""Plain frozen views of ledger rows: what callers hold instead of ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from models.schema import Budget, Job
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    id: int
+    name: str
+    total_micros: int
+    spent_micros: int
+    reserved_micros: int
+
+    @property
+    def left_micros(self) -> int:
+        return self.total_micros - self.spent_micros - self.reserved_micros
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    budget: str
+    initiative: str
+    queue: str
+    params: dict[str, Any]
+    status: str
+    rank: int
+    estimate_micros: int
+    reserved_micros: int
+    charged_micros: int
+    metered_micros: int
+    attempts: int
+    max_attempts: int
+    worker: Optional[str]
+    lease_until: Optional[datetime]
+    idempotency_key: Optional[str]
+    error: Optional[str]
+    created_at: datetime
+    started_at: Optional[datetime]
+    finished_at: Optional[datetime]
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int
+    initiative: str
+    params: dict[str, Any]
+    reserved_micros: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class Beat:
+    stop: bool
+    reason: Optional[str]
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    name: str
+    uri: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The outcome of closing an attempt: what it charged, what it released, where the job went."""
+
+    job_id: str
+    attempt: int
+    status: str
+    charge_micros: int
+    release_micros: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A job that may be published: what the message needs."""
+
+    id: str
+    queue: str
+    reserved_micros: int
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    subject: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class InitiativeSummary:
+    initiative: str
+    jobs: int
+    succeeded: int
+    charged_micros: int
+    improvement: Optional[float]  # sum over succeeded jobs of their `improvement` metric
+
+    @property
+    def improvement_per_dollar(self) -> Optional[float]:
+        if self.improvement is None or self.charged_micros == 0:
+            return None
+        return self.improvement / (self.charged_micros / 1_000_000)
+
+
+def _budget_view(b: Budget) -> BudgetView:
+    return BudgetView(b.id, b.name, b.total_micros, b.spent_micros, b.reserved_micros)
+
+
+def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
+    return JobView(
+        id=j.id, budget=budget_name, initiative=j.initiative, queue=j.queue, params=dict(j.params), status=j.status,
+        rank=j.rank, estimate_micros=j.estimate_micros, reserved_micros=j.reserved_micros,
+        charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
+        max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
+        error=j.error, created_at=j.created_at, started_at=j.started_at, finished_at=j.finished_at, after=after,
+    )
