@@ -11,18 +11,39 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy import String, and_, case, exists, func, insert, literal, select, text, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.errors import BudgetExhausted, ClaimRefused, InvalidInput, LeaseLost, NotFound
+from models.errors import (
+    BudgetExhausted,
+    ClaimRefused,
+    InvalidInput,
+    LeaseLost,
+    NotFound,
+)
 from models.money import format_micros
 from models.queries import _job_by_key, get_budget, get_job
-from models.views import ArtifactRow, Beat, BudgetView, Claim, Closed, JobView, Ready  # noqa: F401 - part of the API
 from models.schema import (
     FINAL_STATUSES,
     Artifact,
@@ -34,6 +55,7 @@ from models.schema import (
     Metric,
     WorkerRow,
 )
+from models.views import ArtifactRow, Beat, BudgetView, Claim, Closed, JobView, Ready  # noqa: F401 - part of the API
 
 CLAIMABLE = ("admitted", "requeued")
 # State changes go through the tables, not the ORM's unit of work: one statement each, no
@@ -225,6 +247,28 @@ def _deps_unmet(job_id_column: Any) -> Any:
     return _some_dependency(job_id_column, _dep.c.status != "succeeded")
 
 
+# The hot paths (claim, heartbeat, settle) run statements built once, here, with their values
+# bound per call: building a statement costs more Python than sending it.
+_NOW = bindparam("now", type_=jobs_t.c.updated_at.type)
+
+_CLAIM = (
+    update(jobs_t)
+    .where(
+        jobs_t.c.id == bindparam("job_id"),
+        jobs_t.c.status.in_(CLAIMABLE),
+        jobs_t.c.attempts < jobs_t.c.max_attempts,
+        jobs_t.c.cancel_requested.is_(False),
+        ~_deps_unmet(jobs_t.c.id),
+    )
+    .values(
+        status="running", attempts=jobs_t.c.attempts + 1, worker=bindparam("owner"),
+        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0,
+        started_at=_NOW, updated_at=_NOW,
+    )
+    .returning(jobs_t.c.attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
+)
+
+
 def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> Claim:
     """Move an admitted or requeued job to running, count the attempt and take a lease.
 
@@ -233,21 +277,7 @@ def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> 
     """
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_seconds)
-    row = s.execute(
-        update(jobs_t)
-        .where(
-            Job.id == job_id,
-            Job.status.in_(CLAIMABLE),
-            Job.attempts < Job.max_attempts,
-            Job.cancel_requested.is_(False),
-            ~_deps_unmet(Job.id),
-        )
-        .values(
-            status="running", attempts=Job.attempts + 1, worker=worker, lease_until=lease_until,
-            metered_micros=0, started_at=now, updated_at=now,
-        )
-        .returning(Job.attempts, Job.initiative, Job.params, Job.reserved_micros)
-    ).one_or_none()
+    row = s.execute(_CLAIM, {"job_id": job_id, "owner": worker, "lease_end": lease_until, "now": now}).one_or_none()
     if row is None:
         raise ClaimRefused(_why_unclaimable(s, job_id))
     return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until)
@@ -262,6 +292,21 @@ def _why_unclaimable(s: Session, job_id: str) -> str:
     return f"job {job_id} is {job.status} (attempt {job.attempts}); not claimable"
 
 
+_METERED = bindparam("metered", type_=BigInteger)
+_HEARTBEAT = (
+    update(jobs_t)
+    .where(
+        jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"),
+        jobs_t.c.status == "running", jobs_t.c.worker == bindparam("owner"),
+    )
+    .values(
+        metered_micros=case((jobs_t.c.reserved_micros < _METERED, jobs_t.c.reserved_micros), else_=_METERED),
+        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), updated_at=_NOW,
+    )
+    .returning(jobs_t.c.reserved_micros, jobs_t.c.cancel_requested)
+)
+
+
 def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float) -> Beat:
     """Record the cost metered so far and extend the lease; say whether the worker must stop.
 
@@ -269,13 +314,10 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
     reaped or the job settled elsewhere.
     """
     now = utcnow()
-    capped = case((Job.reserved_micros < metered_micros, Job.reserved_micros), else_=metered_micros)
-    row = s.execute(
-        update(jobs_t)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
-        .values(metered_micros=capped, lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-        .returning(Job.reserved_micros, Job.cancel_requested)
-    ).one_or_none()
+    row = s.execute(_HEARTBEAT, {
+        "job_id": job_id, "attempt": attempt, "owner": worker, "metered": metered_micros,
+        "lease_end": now + timedelta(seconds=lease_seconds), "now": now,
+    }).one_or_none()
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")
     if row.cancel_requested:
@@ -283,6 +325,86 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
     if metered_micros >= row.reserved_micros:
         return Beat(True, "budget")
     return Beat(False, None)
+
+
+def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, keep_worker: bool = True) -> Any:
+    """The one guarded UPDATE that ends attempts, returning what it charged and released.
+
+    Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
+    PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
+    """
+    charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
+    final = status.in_(FINAL_STATUSES)
+    return (
+        update(jobs_t)
+        .where(guard)
+        .values(
+            status=status,
+            charged_micros=jobs_t.c.charged_micros + charged,
+            reserved_micros=case((final, 0), else_=jobs_t.c.reserved_micros - charged),
+            last_charge_micros=charged,
+            last_release_micros=case((final, jobs_t.c.reserved_micros - charged), else_=0),
+            metered_micros=0,
+            lease_until=None,
+            error=error,
+            worker=jobs_t.c.worker if keep_worker else None,
+            finished_at=case((final, _NOW), else_=None),
+            updated_at=_NOW,
+        )
+        .returning(jobs_t.c.id, jobs_t.c.budget_id, jobs_t.c.attempts, jobs_t.c.status,
+                   jobs_t.c.last_charge_micros, jobs_t.c.last_release_micros)
+    )
+
+
+def _with_budget_and_entries(closing: Any) -> Any:
+    """PostgreSQL: the closing UPDATE, the budget UPDATE and the entries as one statement."""
+    closed = closing.cte("closed")
+    per_budget = (
+        select(closed.c.budget_id, func.sum(closed.c.last_charge_micros).label("charge"),
+               func.sum(closed.c.last_release_micros).label("release"))
+        .group_by(closed.c.budget_id)
+        .cte("per_budget")
+    )
+    moved = (
+        update(budgets_t)
+        .where(budgets_t.c.id == per_budget.c.budget_id)
+        .values(spent_micros=budgets_t.c.spent_micros + per_budget.c.charge,
+                reserved_micros=budgets_t.c.reserved_micros - per_budget.c.charge - per_budget.c.release)
+        .cte("moved")
+    )
+
+    def entries(kind: str, amount):
+        return select(closed.c.budget_id, closed.c.id, closed.c.attempts, literal(kind, String), amount, _NOW)
+
+    rows = union_all(
+        entries("charge", closed.c.last_charge_micros),
+        entries("release", closed.c.last_release_micros).where(closed.c.status.in_(FINAL_STATUSES)),
+    )
+    appended = insert(entries_t).from_select(
+        ["budget_id", "job_id", "attempt", "kind", "amount_micros", "created_at"], rows
+    ).cte("appended")
+    return select(closed).add_cte(moved, appended)
+
+
+@dataclass(frozen=True)
+class _Closing:
+    """An attempt-closing statement in its two forms: alone (SQLite) and with its effects (PostgreSQL)."""
+
+    alone: Any
+    with_effects: Any
+
+    @classmethod
+    def build(cls, **kw: Any) -> "_Closing":
+        closing = _closing_update(**kw)
+        return cls(closing, _with_budget_and_entries(closing))
+
+
+_SETTLE = _Closing.build(
+    guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"),
+               jobs_t.c.status == "running", jobs_t.c.worker == bindparam("owner")),
+    charge=bindparam("charge", type_=BigInteger), status=bindparam("new_status", type_=String),
+    error=bindparam("reason", type_=Text),
+)
 
 
 def settle_job(
@@ -308,8 +430,9 @@ def settle_job(
         raise InvalidInput(f"cannot settle a job as {status!r}")
     if cost_micros < 0:
         raise InvalidInput("a cost cannot be negative")
-    guard = and_(Job.id == job_id, Job.attempts == attempt, Job.status == "running", Job.worker == worker)
-    closed = _close_attempt(s, guard=guard, charge=cost_micros, status=literal(status), error=error)
+    closed = _close_attempt(s, _SETTLE, {
+        "job_id": job_id, "attempt": attempt, "owner": worker, "charge": cost_micros, "new_status": status, "reason": error,
+    })
     if not closed:
         return _replayed_or_lost(s, job_id=job_id, attempt=attempt, worker=worker)
     (result,) = closed
@@ -317,41 +440,18 @@ def settle_job(
     return result
 
 
-def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: Any, keep_worker: bool = True) -> list[Closed]:
-    """The one guarded UPDATE that ends attempts, with the budget change and entries it implies.
+def _close_attempt(s: Session, closing: _Closing, params: dict[str, Any]) -> list[Closed]:
+    """Run a closing statement; move the budget and append the entries its rows imply.
 
-    Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
-    PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed. The
-    amounts charged and released are written to the job row by that same UPDATE, and the budget
-    and its entries follow from them: on PostgreSQL in the same statement, on SQLite (where the
-    transaction holds the write lock) in the statements after it.
+    On PostgreSQL that is the same statement; on SQLite, where the transaction holds the write
+    lock, it is the statements after it.
     """
     now = utcnow()
-    charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
-    final = status.in_(FINAL_STATUSES)
-    closing = (
-        update(jobs_t)
-        .where(guard)
-        .values(
-            status=status,
-            charged_micros=jobs_t.c.charged_micros + charged,
-            reserved_micros=case((final, 0), else_=jobs_t.c.reserved_micros - charged),
-            last_charge_micros=charged,
-            last_release_micros=case((final, jobs_t.c.reserved_micros - charged), else_=0),
-            metered_micros=0,
-            lease_until=None,
-            error=error,
-            worker=jobs_t.c.worker if keep_worker else None,
-            finished_at=case((final, now), else_=None),
-            updated_at=now,
-        )
-        .returning(jobs_t.c.id, jobs_t.c.budget_id, jobs_t.c.attempts, jobs_t.c.status,
-                   jobs_t.c.last_charge_micros, jobs_t.c.last_release_micros)
-    )
+    params = {**params, "now": now}
     if _dialect(s) == "postgresql":
-        rows = s.execute(_with_budget_and_entries(closing, now)).all()
+        rows = s.execute(closing.with_effects, params).all()
     else:
-        rows = s.execute(closing).all()
+        rows = s.execute(closing.alone, params).all()
         for row in rows:
             _move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
             _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
@@ -361,36 +461,6 @@ def _close_attempt(s: Session, *, guard: Any, charge: Any, status: Any, error: A
     if any(c.status in FINAL_STATUSES and c.status != "succeeded" for c in closed):
         cancel_orphans(s)
     return closed
-
-
-def _with_budget_and_entries(closing: Any, now: datetime) -> Any:
-    """PostgreSQL: the closing UPDATE, the budget UPDATE and the entries as one statement."""
-    closed = closing.cte("closed")
-    per_budget = (
-        select(closed.c.budget_id, func.sum(closed.c.last_charge_micros).label("charge"),
-               func.sum(closed.c.last_release_micros).label("release"))
-        .group_by(closed.c.budget_id)
-        .cte("per_budget")
-    )
-    moved = (
-        update(budgets_t)
-        .where(budgets_t.c.id == per_budget.c.budget_id)
-        .values(spent_micros=budgets_t.c.spent_micros + per_budget.c.charge,
-                reserved_micros=budgets_t.c.reserved_micros - per_budget.c.charge - per_budget.c.release)
-        .cte("moved")
-    )
-
-    def entries(kind: str, amount):
-        return select(closed.c.budget_id, closed.c.id, closed.c.attempts, literal(kind, String), amount, literal(now))
-
-    rows = union_all(
-        entries("charge", closed.c.last_charge_micros),
-        entries("release", closed.c.last_release_micros).where(closed.c.status.in_(FINAL_STATUSES)),
-    )
-    appended = insert(entries_t).from_select(
-        ["budget_id", "job_id", "attempt", "kind", "amount_micros", "created_at"], rows
-    ).cte("appended")
-    return select(closed).add_cte(moved, appended)
 
 
 def _move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> None:
@@ -431,48 +501,60 @@ def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts,
             s.execute(insert(model), rows)
 
 
+_REAP = _Closing.build(
+    guard=and_(jobs_t.c.status == "running", jobs_t.c.lease_until < bindparam("expired_before", type_=jobs_t.c.lease_until.type)),
+    charge=jobs_t.c.metered_micros,
+    status=case(
+        (jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, "budget_stopped"),
+        (jobs_t.c.attempts < jobs_t.c.max_attempts, "requeued"),
+        else_="failed",
+    ),
+    error=case(
+        (jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, "lease expired after the reservation was spent"),
+        else_=literal("lease expired: worker ") + func.coalesce(jobs_t.c.worker, "?") + " stopped heartbeating",
+    ),
+    # The dead worker loses the attempt: a late settlement from it is refused (LeaseLost).
+    keep_worker=False,
+)
+
+
 def reap_expired(s: Session, *, now: Optional[datetime] = None) -> list[Closed]:
     """Close every running attempt whose lease ran out (its worker died).
 
     It is charged what was metered up to its last heartbeat. The job then stops as
     budget_stopped if that spent its reservation, is requeued if attempts are left, or fails.
     """
-    now = now or utcnow()
-    status = case(
-        (Job.metered_micros >= Job.reserved_micros, "budget_stopped"),
-        (Job.attempts < Job.max_attempts, "requeued"),
-        else_="failed",
-    )
-    error = case(
-        (Job.metered_micros >= Job.reserved_micros, "lease expired after the reservation was spent"),
-        else_=literal("lease expired: worker ") + func.coalesce(Job.worker, "?") + " stopped heartbeating",
-    )
-    guard = and_(Job.status == "running", Job.lease_until < now)
-    # The dead worker loses the attempt: a late settlement from it is refused (LeaseLost).
-    return _close_attempt(s, guard=guard, charge=Job.metered_micros, status=status, error=error, keep_worker=False)
+    return _close_attempt(s, _REAP, {"expired_before": now or utcnow()})
+
+
+_CANCEL_QUEUED = _Closing.build(
+    guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.status.in_(CLAIMABLE)),
+    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal("cancelled by user", Text),
+)
 
 
 def cancel_job(s: Session, *, job_id: str) -> JobView:
     """Cancel a job: a queued one releases its reservation now; a running one is told to stop."""
-    _close_attempt(
-        s,
-        guard=and_(Job.id == job_id, Job.status.in_(CLAIMABLE)),
-        charge=0,
-        status=literal("cancelled"),
-        error="cancelled by user",
-    )
+    _close_attempt(s, _CANCEL_QUEUED, {"job_id": job_id})
     s.execute(
         update(jobs_t).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True, updated_at=utcnow())
     )
     return get_job(s, job_id=job_id)
 
 
+_CANCEL_ORPHANS = _Closing.build(
+    guard=and_(
+        jobs_t.c.status.in_(CLAIMABLE),
+        _some_dependency(jobs_t.c.id, _dep.c.status.in_(("failed", "budget_stopped", "cancelled"))),
+    ),
+    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal("a dependency did not succeed", Text),
+)
+
+
 def cancel_orphans(s: Session) -> list[Closed]:
     """Cancel queued jobs whose dependency ended without success, down the whole chain."""
-    failed_dep = _some_dependency(jobs_t.c.id, _dep.c.status.in_(("failed", "budget_stopped", "cancelled")))
-    guard = and_(Job.status.in_(CLAIMABLE), failed_dep)
     # _close_attempt calls back here when it cancels something, which walks the chain.
-    return _close_attempt(s, guard=guard, charge=0, status=literal("cancelled"), error="a dependency did not succeed")
+    return _close_attempt(s, _CANCEL_ORPHANS, {})
 
 
 def ready_to_publish(

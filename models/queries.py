@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session
 
 from models.errors import NotFound
 from models.schema import Artifact, Budget, Job, JobDependency, LedgerEntry, Metric
-from models.views import AuditProblem, BudgetView, InitiativeSummary, JobView, _budget_view, _job_view
+from models.views import (
+    AuditProblem,
+    BudgetView,
+    InitiativeSummary,
+    JobView,
+    _budget_view,
+    _job_view,
+)
 
 
 def get_budget(s: Session, *, name: str) -> BudgetView:
