@@ -21,6 +21,9 @@ from models.errors import ConfigError, InvalidInput
 # name -> module. A new initiative is one line here and one module beside this file.
 REGISTRY: dict[str, str] = {
     "calibrate": "worker.initiatives.calibrate",
+    "baseline": "worker.initiatives.baseline",
+    "robustness": "worker.initiatives.robustness",
+    "augment": "worker.initiatives.augment",
 }
 
 

@@ -1,6 +1,6 @@
 """Queue overhead: no-op jobs end to end through Redis, budgetq's gated path versus plain Celery.
 
-    .venv/bin/python -m bench.queue [--jobs 400] [--concurrency 2]
+    .venv/bin/python -m bench.queue_overhead [--jobs 400] [--concurrency 2]
 
 Both runs use Redis as the broker and a warm prefork worker with the same settings (JSON, late
 acks, prefetch 1). The gated run submits each job through budgetq (admit in the PostgreSQL
@@ -120,7 +120,7 @@ def main() -> None:
     gated_s = gated(args.jobs, args.concurrency)
     plain_rate, gated_rate = args.jobs / plain_s, args.jobs / gated_s
     body = f"""
-`.venv/bin/python -m bench.queue --jobs {args.jobs} --concurrency {args.concurrency}` on {platform.machine()},
+`.venv/bin/python -m bench.queue_overhead --jobs {args.jobs} --concurrency {args.concurrency}` on {platform.machine()},
 {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}. No-op jobs end to end through Redis, from the
 first submit to the last completion, with a warm prefork worker of {args.concurrency} processes.
 Gated: budgetq admits each job in the PostgreSQL ledger, publishes it after commit, and the worker

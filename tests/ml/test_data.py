@@ -1,0 +1,154 @@
+"""Datasets load from JSONL, CSV and Parquet; bad data fails with one line naming file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.errors import PermanentError
+from worker.ml import clinc150
+from worker.ml.data import load_dataset, load_folder
+
+TRAIN = [
+    {"id": 1, "text": "what is my balance", "label": "balance", "domain": "banking"},
+    {"id": 2, "text": "book me a flight", "label": "book_flight", "domain": "travel"},
+    {"id": 3, "text": "how much money do i have", "label": "balance", "domain": "banking"},
+]
+TEST = [{"text": "flights to paris", "label": "book_flight", "domain": "travel"}]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def folder_with(tmp_path: Path, train=TRAIN, test=TEST) -> Path:
+    write_jsonl(tmp_path / "train.jsonl", train)
+    write_jsonl(tmp_path / "test.jsonl", test)
+    return tmp_path
+
+
+def error_of(folder: Path) -> str:
+    with pytest.raises(PermanentError) as caught:
+        load_folder(folder)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_folder_without_val_gets_a_seeded_validation_split_carved_from_train(tmp_path):
+    dataset = load_folder(folder_with(tmp_path))
+    assert dataset.labels == ("balance", "book_flight")
+    assert len(dataset.train) + len(dataset.val) == 3 and len(dataset.val) == 1
+    assert dataset.test.slices == ("travel",)
+
+
+def test_out_of_scope_rows_are_kept_apart_from_the_in_scope_splits(tmp_path):
+    folder = folder_with(tmp_path)
+    write_jsonl(folder / "oos_test.jsonl", [{"text": "what is love", "label": "oos", "domain": "oos"}])
+    write_jsonl(folder / "val.jsonl", [*TEST, {"text": "tell me a joke", "label": "x", "domain": "oos"}])
+    dataset = load_folder(folder)
+    assert dataset.oos_test.texts == ("what is love",)
+    assert dataset.oos_val.texts == ("tell me a joke",)
+    assert "oos" not in dataset.labels and "oos" not in dataset.test.labels
+
+
+def test_a_missing_field_names_the_file_line_and_field(tmp_path):
+    rows = [*TRAIN[:2], {"text": "no label here", "domain": "banking"}]
+    message = error_of(folder_with(tmp_path, train=rows))
+    assert "train.jsonl, line 3, field 'label': missing field" in message
+
+
+def test_a_csv_missing_a_column_names_the_column(tmp_path):
+    (tmp_path / "train.csv").write_text("text,intent\nhello,greet\n")
+    write_jsonl(tmp_path / "test.jsonl", TEST)
+    assert "train.csv, line 1, field 'label': missing column (columns: text, intent)" in error_of(tmp_path)
+
+
+def test_a_parquet_missing_a_column_names_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"label": ["a"]}), tmp_path / "train.parquet")
+    write_jsonl(tmp_path / "test.jsonl", TEST)
+    assert "train.parquet, field 'text': missing column (columns: label)" in error_of(tmp_path)
+
+
+def test_parquet_and_csv_files_load_like_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({k: [r[k] for r in TRAIN] for k in ("text", "label", "domain")}), tmp_path / "train.parquet")
+    (tmp_path / "test.csv").write_text("text,label,domain\nflights to rome,book_flight,travel\n")
+    dataset = load_folder(tmp_path)
+    assert dataset.test.texts == ("flights to rome",) and dataset.labels == ("balance", "book_flight")
+
+
+def test_an_empty_split_is_named(tmp_path):
+    folder = folder_with(tmp_path)
+    (folder / "test.jsonl").write_text("")
+    assert "test.jsonl: empty split 'test'" in error_of(folder)
+
+
+def test_an_unknown_label_in_an_eval_split_names_its_line(tmp_path):
+    test = [*TEST, {"text": "order a pizza", "label": "order_food", "domain": "kitchen"}]
+    message = error_of(folder_with(tmp_path, test=test))
+    assert "test.jsonl, line 2, field 'label': unknown label 'order_food'" in message
+
+
+def test_bad_encoding_names_the_line(tmp_path):
+    folder = folder_with(tmp_path)
+    with (folder / "train.jsonl").open("ab") as handle:
+        handle.write(b'{"text": "caf\xe9", "label": "balance"}\n')
+    assert "train.jsonl, line 4: bad encoding, not UTF-8 (byte 0xe9)" in error_of(folder)
+
+
+def test_a_duplicate_id_names_both_lines(tmp_path):
+    rows = [*TRAIN, {**TRAIN[0], "text": "balance please"}]
+    message = error_of(folder_with(tmp_path, train=rows))
+    assert "train.jsonl, line 4, field 'id': duplicate id '1' (first at" in message
+    assert "train.jsonl, line 1)" in message
+
+
+def test_hf_datasets_without_the_datasets_package_say_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    with pytest.raises(PermanentError, match=r"hf:clinc_oos:plus: the `datasets` package is not installed"):
+        load_dataset("hf:clinc_oos:plus")
+
+
+def test_clinc150_loads_offline_from_the_folder_named_by_CLINC150_DIR(clinc150_dir, monkeypatch):
+    monkeypatch.setenv("CLINC150_DIR", str(clinc150_dir))
+    dataset = load_dataset("clinc150", variant="small")
+    assert len(dataset.labels) == 150 and len(dataset.train) == 7500
+    assert len(dataset.oos_test) == 1000 and set(dataset.oos_test.slices) == {"oos"}
+    assert len(set(dataset.test.slices)) == 10
+
+
+def test_a_downloaded_file_is_pinned_on_first_use_and_a_changed_one_is_refused(tmp_path, monkeypatch):
+    url = f"{clinc150.BASE_URL}/domains.json"
+    monkeypatch.setattr(clinc150, "_download", lambda url, path: path.write_bytes(b'{"banking": ["balance"]}'))
+    assert clinc150.fetch_verified(url, tmp_path) == b'{"banking": ["balance"]}'
+    assert url in (tmp_path / "SHA256SUMS").read_text()
+    (tmp_path / "domains.json").write_bytes(b'{"tampered": []}')
+    with pytest.raises(PermanentError, match="does not match the pinned"):
+        clinc150.fetch_verified(url, tmp_path)
+
+
+def test_the_oos_eval_layout_converts_to_jsonl_with_domains(tmp_path):
+    data = {split: [["hello there", "greeting"]] for split in clinc150.SOURCE_SPLITS}
+    data["oos_test"] = [["what is love", "oos"]]
+    clinc150.write_jsonl_layout(data, {"small_talk": ["greeting"]}, tmp_path)
+    assert json.loads((tmp_path / "train.jsonl").read_text()) == {"text": "hello there", "label": "greeting", "domain": "small_talk"}
+    assert json.loads((tmp_path / "oos_test.jsonl").read_text())["domain"] == "oos"
+
+
+def test_per_label_keeps_the_first_rows_of_each_label(tmp_path):
+    dataset = load_folder(folder_with(tmp_path, train=TRAIN * 1 + [{**TRAIN[0], "id": 9, "text": "balance?"}]))
+    sample = dataset.train.per_label(1)
+    assert sorted(sample.labels) == ["balance", "book_flight"]
+    assert sample.texts[0] == dataset.train.texts[0]

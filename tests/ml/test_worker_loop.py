@@ -1,0 +1,61 @@
+"""The improvement loop through the real queue: a plan of baseline -> robustness -> augment,
+admitted against a budget and drained by a Celery worker process on the embedded default."""
+
+import json
+
+import yaml
+from sqlalchemy import func, select
+
+from models.db import Ledger
+from models.schema import FailureCase
+
+BASELINE = {"steps": 60, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 30, "latency_samples": 3}
+
+
+def results(env, job_id: str) -> dict:
+    return json.loads(env.ok("results", "--job", job_id, "--json").stdout)
+
+
+def metric_slices(result: dict, name: str) -> dict:
+    return {m["slice"]: m["value"] for m in result["metrics"] if m["name"] == name}
+
+
+def test_the_plan_runs_the_loop_in_order_and_augment_targets_the_worst_ranked_slices(embedded, tmp_path, clinc_subset, tiny_bert):
+    plan = {
+        "budget": "ml", "total": "1.00",
+        "initiatives": [
+            {"name": "baseline", "initiative": "baseline", "rank": 1, "estimate": "0.20",
+             "params": {**BASELINE, "dataset": str(clinc_subset), "model": str(tiny_bert)}},
+            {"name": "robustness", "initiative": "robustness", "rank": 2, "estimate": "0.20",
+             "params": {"max_rows": 90, "failures_per_perturbation": 5}, "after": ["baseline"]},
+            {"name": "augment", "initiative": "augment", "rank": 3, "estimate": "0.20",
+             "params": {"k": 1, "variants": 1, "steps": 10, "lr": 1e-3, "augmenters": ["style", "char_noise"]},
+             "after": ["robustness"]},
+        ],
+    }
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(plan))
+    embedded.vars.update(OMP_NUM_THREADS="1", HEARTBEAT_SECONDS="1")
+    decisions = json.loads(embedded.ok("plan", "run", str(tmp_path / "loop.yaml"), "--json").stdout)
+    ids = {d["name"]: d["job_id"] for d in decisions}
+
+    embedded.burst(timeout=600)
+
+    jobs = {name: json.loads(embedded.ok("jobs", "show", job_id, "--json").stdout) for name, job_id in ids.items()}
+    assert {name: job["status"] for name, job in jobs.items()} == dict.fromkeys(ids, "succeeded"), jobs
+    assert jobs["baseline"]["finished_at"] <= jobs["robustness"]["started_at"]
+    assert jobs["robustness"]["finished_at"] <= jobs["augment"]["started_at"]
+    assert all(0 < job["charged_micros"] <= 200_000 for job in jobs.values())
+
+    ranks = metric_slices(results(embedded, ids["robustness"]), "weakness_rank")
+    augment = results(embedded, ids["augment"])
+    assert list(metric_slices(augment, "targeted_rank")) == [min(ranks, key=ranks.get)]
+    assert "improvement" in {m["name"] for m in augment["metrics"]}
+    assert {a["name"] for a in results(embedded, ids["baseline"])["artifacts"]} == {"model"}
+
+    with Ledger(embedded.vars["DATABASE_URL"]).session() as s:
+        failures = s.scalar(select(func.count()).select_from(FailureCase).where(FailureCase.job_id == ids["robustness"]))
+    assert failures > 0  # the failure report lands in the results DB
+
+    summary = json.loads(embedded.ok("results", "--budget", "ml", "--json").stdout)
+    assert {row["initiative"] for row in summary} == {"baseline", "robustness", "augment"}
+    assert json.loads(embedded.ok("budget", "audit", "--json").stdout)["ok"]

@@ -1,0 +1,1 @@
+"""Shared ML code for the initiatives: data, modeling, the training loop, evaluation, text perturbations."""

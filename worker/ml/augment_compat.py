@@ -1,0 +1,178 @@
+"""Every patch nlpaug 1.1.11 and NLTK need to run here, in one place.
+
+``apply()`` is idempotent and is called by the code that builds augmenters, never at import.
+Each patch says why it exists; drop it when the upstream reason goes away.
+
+CI needs Debian's WordNet files: ``apt-get install -y --no-install-recommends wordnet-base``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from models.errors import PermanentError
+
+# Debian's wordnet-base puts the Princeton WordNet 3.0 database files here.
+DEBIAN_WORDNET = Path("/usr/share/wordnet")
+_WORDNET_FILES = (
+    "adj.exc", "adv.exc", "noun.exc", "verb.exc", "cntlist.rev",
+    "data.adj", "data.adv", "data.noun", "data.verb",
+    "index.adj", "index.adv", "index.noun", "index.verb",
+)
+# The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN)). Debian ships no
+# `lexnames` file but NLTK's reader refuses to start without one, so we write it from this list.
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+# Function words get the tag "DT", which nlpaug's SynonymAug never substitutes. WordNet alone
+# would offer "iodine" for "I" and "Department of Energy" for "do".
+_CLOSED_CLASS = frozenset(
+    "a an the i me my mine you your yours he him his she her hers it its we us our ours they them "
+    "their theirs this that these those what which who whom whose when where why how to of in on at "
+    "by for with from up down out over under about into onto than then and or but if so not no nor "
+    "is am are was were be been being do does did have has had can could will would shall should "
+    "may might must please there here".split()
+)
+# nlpaug maps Penn tags back to WordNet parts of speech (PartOfSpeech.con2pos); "s" is a satellite adjective.
+_PENN = {"n": "NN", "v": "VB", "a": "JJ", "s": "JJ", "r": "RB"}
+
+_applied = False
+
+
+def apply() -> None:
+    """Install all patches once per process (nlpaug BERT ids, WordNet POS tags, local WordNet)."""
+    global _applied
+    if _applied:
+        return
+    _patch_bert_token_ids()
+    _patch_wordnet_version_map()
+    _patch_pos_tagger()
+    _ensure_wordnet()
+    _applied = True
+
+
+def _patch_bert_token_ids() -> None:
+    # nlpaug's Bert wrapper calls the slow tokenizer's private `_convert_token_to_id` unless the class
+    # name contains "TokenizerFast". In transformers 5 the fast tokenizer is simply `BertTokenizer` and
+    # has no such private method, so ContextualWordEmbsAug dies at construction. The public
+    # `convert_tokens_to_ids` / `convert_ids_to_tokens` exist on every tokenizer in both versions.
+    import nlpaug.model.lang_models as nml
+
+    for cls in (nml.Bert, nml.DistilBert, nml.FmTransformers):
+        cls.token2id = _token2id
+        cls.id2token = _id2token
+
+
+def _tokenizer_of(lm):
+    # FmTransformers keeps its tokenizer inside a pipeline; Bert and DistilBert hold it directly.
+    return getattr(lm, "tokenizer", None) or lm.model.tokenizer
+
+
+def _token2id(self, token):
+    return _tokenizer_of(self).convert_tokens_to_ids(token)
+
+
+def _id2token(self, _id):
+    return _tokenizer_of(self).convert_ids_to_tokens(_id)
+
+
+def _patch_wordnet_version_map() -> None:
+    # NLTK 3.10 maps every WordNet it loads onto "wordnet" 3.0 sense keys through `index.sense`, even
+    # when the loaded database *is* 3.0, because it compares the version "3.0" with the package name
+    # "wordnet". Debian's wordnet-base ships no index.sense, so loading fails. For a 3.0 database the
+    # mapping is the identity, which the reader spells `None`.
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    original = WordNetCorpusReader.map_wn
+    if getattr(original, "_budgetq", False):
+        return
+
+    def map_wn(self, version="wordnet"):
+        if version == "wordnet" and self.get_version() == "3.0":
+            return None
+        return original(self, version)
+
+    map_wn._budgetq = True
+    WordNetCorpusReader.map_wn = map_wn
+
+
+def _patch_pos_tagger() -> None:
+    # SynonymAug tags tokens with nltk.pos_tag, whose averaged-perceptron model is a separate download
+    # that cannot be had offline (and nlpaug then calls nltk.download). A synonym only needs the part of
+    # speech WordNet knows the word by, so tag each token with its most common WordNet POS.
+    import nlpaug.model.word_dict as nmw
+
+    nmw.WordNet.pos_tag = classmethod(lambda cls, tokens: [(t, wordnet_pos_tag(t)) for t in tokens])
+
+
+def wordnet_pos_tag(token: str) -> str:
+    """A Penn-style tag from the part of speech with the most WordNet senses ("DT" to skip the token)."""
+    from nltk.corpus import wordnet
+
+    word = token.lower()
+    if word in _CLOSED_CLASS or not word.isalpha():
+        return "DT"
+    counts: dict[str, int] = {}
+    for synset in wordnet.synsets(word):
+        tag = _PENN[synset.pos()]
+        counts[tag] = counts.get(tag, 0) + 1
+    # Unknown words get a tag nlpaug maps to no POS, so it looks up all senses (and finds none).
+    return max(counts, key=counts.get) if counts else "UNK"
+
+
+def nltk_data_dir() -> Path:
+    """Where budgetq keeps its NLTK data: $BUDGETQ_HOME/nltk_data, else ~/.cache/budgetq/nltk_data."""
+    home = os.environ.get("BUDGETQ_HOME")
+    base = Path(home) if home else Path.home() / ".cache" / "budgetq"
+    return (base / "nltk_data").absolute()
+
+
+def _ensure_wordnet() -> None:
+    import nltk
+
+    data_dir = nltk_data_dir()
+    if str(data_dir) not in nltk.data.path:
+        nltk.data.path.insert(0, str(data_dir))
+    if _wordnet_loads():
+        return
+    if DEBIAN_WORDNET.is_dir():
+        install_debian_wordnet(data_dir)
+    else:
+        # Online users without the Debian package get NLTK's own copy.
+        nltk.download("wordnet", download_dir=str(data_dir), quiet=True)
+    if not _wordnet_loads():
+        raise PermanentError(
+            f"WordNet is unavailable: install it with `apt-get install -y wordnet-base` "
+            f"(files in {DEBIAN_WORDNET}) or run nltk.download('wordnet') online"
+        )
+
+
+def _wordnet_loads() -> bool:
+    from nltk.corpus import wordnet
+
+    try:
+        wordnet.ensure_loaded()
+        return bool(wordnet.synsets("money"))
+    except LookupError:
+        return False
+
+
+def install_debian_wordnet(data_dir: Path) -> Path:
+    """Copy Debian's WordNet into ``data_dir/corpora/wordnet`` and write its ``lexnames`` file."""
+    target = data_dir / "corpora" / "wordnet"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _WORDNET_FILES:
+        # Copies, not symlinks: NLTK's path checks refuse links that leave its data folder.
+        shutil.copyfile(DEBIAN_WORDNET / name, target / name)
+    lines = (f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
+    (target / "lexnames").write_text("".join(lines))
+    return target

@@ -1,0 +1,228 @@
+"""Evaluation: accuracy, macro-F1, per-slice F1, out-of-scope detection and cost of inference.
+
+A report is a list of ``MetricRow`` (name, value, slice), exactly what lands in the results DB, so
+a later job reads it back with ``PriorResult.metric`` / ``by_slice`` under the same names.
+Out-of-scope detection scores each text by how in-scope it looks, two ways: the maximum softmax
+probability (MSP) and the negative Mahalanobis distance of its pooled features to the nearest class
+mean under one covariance shared by all classes, both fitted on training features.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from worker.context import MetricRow
+from worker.ml.data import Dataset, Examples
+from worker.ml.modeling import encode, pick_device, size_on_disk
+
+
+@dataclass(frozen=True)
+class Outputs:
+    logits: Any  # numpy (n, classes)
+    features: Any  # numpy (n, hidden): the [CLS] vector of the last layer
+
+    def predictions(self) -> Any:
+        return self.logits.argmax(axis=1)
+
+    def msp(self) -> Any:
+        """Maximum softmax probability per row."""
+        import numpy as np
+
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        return probs.max(axis=1)
+
+
+def infer(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 64) -> Outputs:
+    """Logits and pooled features for ``texts``, in order."""
+    import numpy as np
+    import torch
+
+    device = pick_device()
+    model.to(device).eval()
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = encode(tokenizer, texts[start : start + batch_size], max_length=max_length, device=device)
+            out = model(**batch, output_hidden_states=True)
+            logits.append(out.logits.float().cpu())
+            features.append(out.hidden_states[-1][:, 0].float().cpu())
+    if not logits:
+        return Outputs(np.zeros((0, model.config.num_labels)), np.zeros((0, model.config.hidden_size)))
+    return Outputs(torch.cat(logits).numpy(), torch.cat(features).numpy())
+
+
+def classification_rows(dataset: Dataset, examples: Examples, predicted: Sequence[int], prefix: str = "") -> list[MetricRow]:
+    """Accuracy and macro-F1 overall; F1, accuracy and support per slice."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth = dataset.label_ids(examples)
+    rows = [
+        MetricRow(f"{prefix}accuracy", float(accuracy_score(truth, predicted))),
+        MetricRow(f"{prefix}macro_f1", float(f1_score(truth, predicted, average="macro", zero_division=0))),
+    ]
+    for name, (f1, accuracy, support) in slice_scores(truth, predicted, examples.slices).items():
+        rows += [
+            MetricRow(f"{prefix}slice_f1", f1, name),
+            MetricRow(f"{prefix}slice_accuracy", accuracy, name),
+            MetricRow(f"{prefix}slice_support", float(support), name),
+        ]
+    return rows
+
+
+def slice_scores(truth: Sequence[int], predicted: Sequence[int], slices: Sequence[Optional[str]]) -> dict[str, tuple[float, float, int]]:
+    """Per slice: (macro-F1 over the slice's own labels, accuracy, support)."""
+    from sklearn.metrics import f1_score
+
+    scores = {}
+    for name in sorted({s for s in slices if s is not None}):
+        idx = [i for i, s in enumerate(slices) if s == name]
+        t, p = [truth[i] for i in idx], [predicted[i] for i in idx]
+        # Predicting another slice's label costs this slice recall without inventing classes for it.
+        f1 = f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)
+        scores[name] = (float(f1), sum(a == b for a, b in zip(t, p)) / len(t), len(t))
+    return scores
+
+
+class Mahalanobis:
+    """Class means and one shared covariance, fitted on training features (Lee et al., 2018)."""
+
+    def __init__(self, features: Any, label_ids: Sequence[int]) -> None:
+        import numpy as np
+
+        labels = np.asarray(label_ids)
+        self.classes = np.unique(labels)
+        self.means = np.stack([features[labels == c].mean(axis=0) for c in self.classes])
+        centered = features - self.means[np.searchsorted(self.classes, labels)]
+        covariance = centered.T @ centered / max(1, len(features) - 1)
+        # A little ridge: with fewer rows per class than dimensions the covariance is singular.
+        ridge = 1e-6 * np.trace(covariance) / len(covariance) + 1e-9
+        self.precision = np.linalg.pinv(covariance + ridge * np.eye(len(covariance)))
+
+    def score(self, features: Any) -> Any:
+        """Negative distance to the nearest class mean: higher means more in-scope."""
+        # (x-m)'P(x-m) = x'Px - 2x'Pm + m'Pm, expanded so n x classes x hidden is never materialized.
+        projected = features @ self.precision
+        distances = (
+            (projected * features).sum(axis=1)[:, None]
+            - 2 * projected @ self.means.T
+            + ((self.means @ self.precision) * self.means).sum(axis=1)[None, :]
+        )
+        return -distances.min(axis=1)
+
+
+def ood_rows(method: str, val: tuple[Any, Any, Any], test: tuple[Any, Any, Any]) -> list[MetricRow]:
+    """AUROC, FPR@95, and in-scope accuracy / OOS recall at a threshold chosen on validation.
+
+    ``val`` and ``test`` are (in-scope scores, in-scope correct flags, out-of-scope scores).
+    """
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    in_scores, correct, oos_scores = (np.asarray(a) for a in test)
+    threshold = choose_threshold(*val)
+    truth = np.r_[np.ones(len(in_scores)), np.zeros(len(oos_scores))]
+    keep95 = np.percentile(in_scores, 5)  # accepts 95% of in-scope rows
+    values = {
+        "auroc": roc_auc_score(truth, np.r_[in_scores, oos_scores]),
+        "fpr95": float(np.mean(oos_scores >= keep95)),
+        "threshold": threshold,
+        "in_scope_accuracy": float(np.mean(correct & (in_scores >= threshold))),
+        "oos_recall": float(np.mean(oos_scores < threshold)),
+    }
+    return [MetricRow(f"ood.{method}.{name}", float(value)) for name, value in values.items()]
+
+
+def choose_threshold(in_scores: Any, correct: Any, oos_scores: Any) -> float:
+    """The score cut that maximizes in-scope accuracy plus OOS recall on validation.
+
+    Without out-of-scope validation rows, keep 95% of in-scope rows instead.
+    """
+    import numpy as np
+
+    in_scores, correct, oos_scores = np.asarray(in_scores), np.asarray(correct), np.asarray(oos_scores)
+    if len(oos_scores) == 0:
+        return float(np.percentile(in_scores, 5))
+    candidates = np.unique(np.quantile(np.r_[in_scores, oos_scores], np.linspace(0, 1, 201)))
+    accepted = in_scores[None, :] >= candidates[:, None]
+    balanced = (accepted & correct[None, :]).mean(axis=1) + (oos_scores[None, :] < candidates[:, None]).mean(axis=1)
+    # Of the equally good cuts take the middle one: the widest margin on both sides.
+    best = np.flatnonzero(balanced == balanced.max())
+    return float(candidates[best[len(best) // 2]])
+
+
+def efficiency_rows(model: Any, tokenizer: Any, texts: Sequence[str], folder: Optional[Path], *, samples: int = 50, batches: int = 5) -> list[MetricRow]:
+    """Latency p50 at batch 1, throughput at batch 64, parameter count and size on disk."""
+    import torch
+
+    def timed(batch: Sequence[str]) -> float:
+        start = time.perf_counter()
+        infer(model, tokenizer, batch, batch_size=len(batch))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # kernels run asynchronously: wait before reading the clock
+        return time.perf_counter() - start
+
+    pool = list(texts) * (1 + (64 * batches) // max(1, len(texts)))
+    for text in pool[:3]:
+        timed([text])  # warm-up: first calls pay for allocation and kernel selection
+    latency = statistics.median(timed([t]) for t in pool[:samples])
+    seconds = sum(timed(pool[i * 64 : (i + 1) * 64]) for i in range(batches))
+    rows = [
+        MetricRow("latency_p50_ms", latency * 1000),
+        MetricRow("throughput_per_s", 64 * batches / seconds),
+        MetricRow("param_count", float(sum(p.numel() for p in model.parameters()))),
+    ]
+    return rows + ([MetricRow("size_bytes", float(size_on_disk(folder)))] if folder else [])
+
+
+def evaluate(model: Any, tokenizer: Any, dataset: Dataset, *, folder: Optional[Path] = None, max_length: int = 64,
+             latency_samples: int = 50, fit_per_label: int = 25) -> list[MetricRow]:
+    """The full evaluation of a classifier on ``dataset``'s test split, as metric rows."""
+    test = infer(model, tokenizer, dataset.test.texts, max_length=max_length)
+    rows = classification_rows(dataset, dataset.test, test.predictions())
+    rows += ood_evaluation(model, tokenizer, dataset, test=test, max_length=max_length, fit_per_label=fit_per_label)
+    return rows + efficiency_rows(model, tokenizer, dataset.test.texts, folder, samples=latency_samples)
+
+
+def ood_evaluation(model: Any, tokenizer: Any, dataset: Dataset, *, test: Optional[Outputs] = None,
+                   max_length: int = 64, fit_per_label: int = 25) -> list[MetricRow]:
+    """MSP and Mahalanobis OOD rows; none when the dataset has no out-of-scope test rows.
+
+    Mahalanobis is fitted on at most ``fit_per_label`` training rows per label: class means and one
+    shared covariance settle with a few thousand rows, and inference on all of train would cost
+    more than the rest of the evaluation.
+    """
+    if len(dataset.oos_test) == 0:
+        return []
+    fit = dataset.train.per_label(fit_per_label)
+    outputs = {name: infer(model, tokenizer, getattr(dataset, name).texts, max_length=max_length)
+               for name in ("val", "oos_val", "oos_test")}
+    outputs["fit"] = infer(model, tokenizer, fit.texts, max_length=max_length)
+    outputs["test"] = test if test is not None else infer(model, tokenizer, dataset.test.texts, max_length=max_length)
+    return ood_suite(dataset, outputs, dataset.label_ids(fit))
+
+
+def ood_suite(dataset: Dataset, outputs: dict[str, Outputs], fit_label_ids: Sequence[int]) -> list[MetricRow]:
+    """OOD rows from model outputs on the fit rows ("fit"), val, test and the out-of-scope splits."""
+    import numpy as np
+
+    maha = Mahalanobis(outputs["fit"].features, fit_label_ids)
+    scorers = {"msp": Outputs.msp, "mahalanobis": lambda o: maha.score(o.features)}
+    rows = []
+    for method, scorer in scorers.items():
+        sides = []
+        for in_name, oos_name in (("val", "oos_val"), ("test", "oos_test")):
+            correct = outputs[in_name].predictions() == np.asarray(dataset.label_ids(getattr(dataset, in_name)))
+            sides.append((scorer(outputs[in_name]), correct, scorer(outputs[oos_name])))
+        rows += ood_rows(method, *sides)
+    return rows
+
+
+def log_rows(ctx: Any, rows: Sequence[MetricRow], prefix: str = "") -> None:
+    """Send every row to the job's metrics, names prefixed (``control.``, ``augmented.``)."""
+    for row in rows:
+        ctx.log_metric(prefix + row.name, row.value, slice=row.slice, step=row.step)

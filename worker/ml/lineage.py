@@ -1,0 +1,86 @@
+"""Which model a job works on, and which data that model was trained on.
+
+A model artifact is a folder written by ``save_model``: safetensors weights, config, tokenizer,
+``labels.json`` and ``dataset.json`` (how to load the data it was trained on), so a later job needs
+only the job id that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from models.errors import PermanentError
+from worker.context import PriorResult
+
+DATASET_FILE = "dataset.json"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "clinc150"
+    variant: str = "full"
+    slice_column: str = "domain"
+    seed: int = 0
+
+    def load(self):
+        """The ``Dataset`` this spec names."""
+        from worker.ml.data import load_dataset
+
+        return load_dataset(self.source, variant=self.variant, slice_column=self.slice_column, seed=self.seed)
+
+
+def save_model(model: Any, tokenizer: Any, labels: Sequence[str], spec: DataSpec, folder: Path) -> Path:
+    """Write a model artifact folder: the classifier plus the spec of its training data."""
+    from worker.ml.modeling import save_classifier
+
+    save_classifier(model, tokenizer, labels, folder)
+    (folder / DATASET_FILE).write_text(json.dumps(asdict(spec)))
+    return folder
+
+
+def model_source(ctx: Any, model_job: str = "") -> PriorResult:
+    """The settled job whose model to use: ``model_job`` if given, else the latest baseline."""
+    if model_job:
+        found = [r for r in ctx.dependencies() if r.job_id == model_job]
+        latest = ctx.latest_result("baseline")
+        found += [latest] if latest is not None and latest.job_id == model_job else []
+        if not found:
+            raise PermanentError(f"model_job {model_job!r}: not a settled dependency of this job; submit with --after {model_job}")
+        prior = found[0]
+    else:
+        prior = ctx.latest_result("baseline")
+        if prior is None:
+            raise PermanentError("no succeeded baseline job to take a model from; run baseline first or pass model_job")
+    if MODEL_ARTIFACT not in prior.artifacts:
+        raise PermanentError(f"job {prior.job_id} ({prior.initiative}) stored no {MODEL_ARTIFACT!r} artifact")
+    return prior
+
+
+def load_model(prior: PriorResult) -> tuple[Any, Any, DataSpec, Any]:
+    """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``."""
+    from worker.ml.modeling import load_saved
+
+    folder = Path(prior.artifacts[MODEL_ARTIFACT])
+    model, tokenizer, labels = load_saved(folder)
+    spec = DataSpec(**json.loads((folder / DATASET_FILE).read_text()))
+    dataset = spec.load()
+    if tuple(dataset.labels) != tuple(labels):
+        raise PermanentError(f"{folder}: the model's labels differ from those of its dataset {spec.source!r}")
+    return model, tokenizer, spec, dataset
+
+
+def report_for(ctx: Any, initiative: str, model_job: str) -> Optional[PriorResult]:
+    """The latest succeeded ``initiative`` job that evaluated ``model_job``'s model, if any."""
+    named = ctx.latest_result(initiative, model_job=model_job)
+    if named is not None:
+        return named
+    # A job submitted without model_job used the latest baseline; its report artifact says which.
+    latest = ctx.latest_result(initiative)
+    report = latest.artifacts.get("report") if latest else None
+    if report and json.loads(Path(report).read_text()).get("model_job") == model_job:
+        return latest
+    return None
