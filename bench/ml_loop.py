@@ -123,7 +123,7 @@ def report(jobs: dict, seconds: dict[str, float], plan: dict) -> str:
     baseline, robustness, augment = jobs["baseline"], jobs["robustness"], jobs["augment"]
     perturbations = sorted({m.name.split(".")[0] for m in robustness.metrics if m.name.endswith(".invariance")})
     lines = [
-        "## ML improvement loop: CLINC150 (imbalanced train, full test), MiniLM-L6 on CPU",
+        "CLINC150 (imbalanced train, full test), MiniLM-L6 on CPU. Re-run: `.venv/bin/python -m bench.ml_loop`.",
         "",
         f"{platform.processor() or platform.machine()}, {_threads()} torch threads. Baseline: {plan['baseline']['steps']} steps; "
         f"robustness on {plan['robustness']['max_rows']} sampled test rows; augment: {plan['augment']['steps']} steps per arm.",
@@ -136,10 +136,22 @@ def report(jobs: dict, seconds: dict[str, float], plan: dict) -> str:
         "", "### Robustness", "", *robustness_table(robustness, perturbations),
         "", "### Out-of-scope detection (baseline)", "", *ood_table(baseline),
         "", "### Targeted augmentation", "", *augment_lines(augment),
-        "", "### Wall time", "",
-        " | ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items()) + f" | total {sum(seconds.values()) / 60:.1f} min",
+        "", "### Wall time and cost", "", *cost_lines(seconds),
     ]
     return "\n".join(lines)
+
+
+def cost_lines(seconds: dict[str, float]) -> list[str]:
+    """Wall time per initiative and what a worker at WORKER_PRICE_PER_HOUR charges for it."""
+    from models.money import format_micros
+    from models.settings import load_settings
+
+    price = load_settings().price_micros_per_hour
+    lines = [f"At {format_micros(price)}/hour (`WORKER_PRICE_PER_HOUR`), one slot:", "",
+             "| initiative | wall time | charged |", "|---|---:|---:|"]
+    for name, s in [*seconds.items(), ("total", sum(seconds.values()))]:
+        lines.append(f"| {name} | {s / 60:.1f} min | {format_micros(int(price * s / 3600))} |")
+    return lines
 
 
 def _threads() -> int:
@@ -155,7 +167,12 @@ def main() -> None:
     plan = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="budgetq-bench-") as root:
         jobs, seconds = run_loop(plan, Path(root))
-        print(report(jobs, seconds, plan))
+        body = report(jobs, seconds, plan)
+        print(body)
+        if not args.quick:
+            from bench.common import write_section
+
+            write_section("ML improvement loop", body)
 
 
 if __name__ == "__main__":
