@@ -59,3 +59,51 @@ def test_the_plan_runs_the_loop_in_order_and_augment_targets_the_worst_ranked_sl
     summary = json.loads(embedded.ok("results", "--budget", "ml", "--json").stdout)
     assert {row["initiative"] for row in summary} == {"baseline", "robustness", "augment"}
     assert json.loads(embedded.ok("budget", "audit", "--json").stdout)["ok"]
+
+
+def test_a_killed_training_job_resumes_from_its_checkpoint_and_each_attempt_pays_its_own_time(embedded, clinc_subset, tiny_bert):
+    import os
+    import signal
+    from datetime import datetime
+
+    from models import queries
+    from models.schema import LedgerEntry
+    from tests.conftest import wait_for
+
+    embedded.vars.update(OMP_NUM_THREADS="1", LEASE_SECONDS="2", WORKER_PRICE_PER_HOUR="3.6")
+    embedded.ok("budget", "create", "b", "--total", "1.00")
+    params = {**BASELINE, "steps": 400, "checkpoint_every": 10, "warmup_ratio": 0.0, "dataset": str(clinc_subset), "model": str(tiny_bert)}
+    job_id = json.loads(embedded.ok("submit", "baseline", "--budget", "b", "--estimate", "0.50", "--json",
+                                    *[f"--param={k}={v}" for k, v in params.items()]).stdout)["id"]
+    checkpoints = os.path.join(embedded.vars["BUDGETQ_HOME"], "checkpoints", job_id, "train")
+
+    def saved_steps() -> list[int]:
+        names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+        return sorted(int(n.split("-")[1]) for n in names if n.startswith("step-") and "." not in n)
+
+    worker = embedded.worker()
+    wait_for(lambda: saved_steps() and saved_steps()[-1] >= 30, timeout=120, what="a checkpoint at step 30")
+    os.killpg(worker.pid, signal.SIGKILL)  # preempted mid-training
+    worker.wait(timeout=10)
+    resume_at = saved_steps()[-1]
+    store = Ledger(embedded.vars["DATABASE_URL"])
+    with store.session() as s:
+        metered = queries.get_job(s, job_id=job_id).metered_micros
+
+    wait_for(lambda: json.loads(embedded.ok("reap", "--json").stdout)["reaped"], timeout=20, what="the reaper")
+    embedded.burst(timeout=300)
+
+    with store.session() as s:
+        job = queries.get_job(s, job_id=job_id)
+        charges = dict(s.execute(select(LedgerEntry.attempt, LedgerEntry.amount_micros)
+                                 .where(LedgerEntry.job_id == job_id, LedgerEntry.kind == "charge")).all())
+    assert job.status == "succeeded" and job.attempts == 2
+    losses = sorted((m["step"], m["value"]) for m in results(embedded, job_id)["metrics"] if m["name"] == "train.loss")
+    assert losses[0][0] == resume_at + 1  # the second attempt started where the checkpoint left off
+    # ...and continued the curve: a fresh 10-way head starts near ln(10) = 2.30, one 30-odd steps in
+    # (no warmup, lr 5e-3) is well below it.
+    assert sum(loss for _, loss in losses[:5]) / 5 < 2.15
+    assert charges[1] == metered > 0  # the killed attempt pays up to its last heartbeat
+    wall = (job.finished_at - job.started_at).total_seconds() if isinstance(job.started_at, datetime) else 0
+    assert 0 < charges[2] <= 3.6e6 * wall / 3600 + 1  # the second attempt pays its own time only
+    assert job.charged_micros == charges[1] + charges[2]
