@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.errors import NotFound
-from models.schema import Artifact, Budget, Job, JobDependency, LedgerEntry, Metric
+from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, LedgerEntry, Metric
 from models.views import (
     AuditProblem,
     BudgetView,
@@ -150,3 +150,10 @@ def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
         select(Job.id).join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget, Job.idempotency_key == key)
     )
     return None if job_id is None else get_job(s, job_id=job_id)
+
+
+def job_failures(s: Session, *, job_id: str, limit: int = 20) -> tuple[int, list[FailureCase]]:
+    """How many mispredictions a job reported, and the first ``limit`` of them."""
+    count = s.scalar(select(func.count()).select_from(FailureCase).where(FailureCase.job_id == job_id)) or 0
+    rows = list(s.scalars(select(FailureCase).where(FailureCase.job_id == job_id).order_by(FailureCase.id).limit(limit)))
+    return count, rows

@@ -289,10 +289,11 @@ def results(
         if job:
             view = queries.get_job(s, job_id=job)
             metrics, artifacts = queries.job_results(s, job_id=job)
+            failures = queries.job_failures(s, job_id=job)
         else:
             summary = queries.initiative_summary(s, budget=budget)
     if job:
-        _job_results(view, metrics, artifacts, as_json)
+        _job_results(view, metrics, artifacts, failures, as_json)
     elif as_json:
         emit_json([{**r.__dict__, "charged": format_micros(r.charged_micros), "improvement_per_dollar": r.improvement_per_dollar} for r in summary])
     else:
@@ -304,18 +305,25 @@ def results(
         ])
 
 
-def _job_results(view, metrics, artifacts, as_json: bool) -> None:
+def _job_results(view, metrics, artifacts, failures, as_json: bool) -> None:
+    failure_count, failure_rows = failures
+    failure_json = [{"perturbation": f.perturbation, "slice": f.slice, "text": f.text, "expected": f.expected,
+                     "predicted": f.predicted} for f in failure_rows]
     if as_json:
         emit_json({
             "job": render.job_json(view),
             "metrics": [{"name": m.name, "value": m.value, "slice": m.slice, "step": m.step, "attempt": m.attempt} for m in metrics],
             "artifacts": [{"name": a.name, "uri": a.uri, "sha256": a.sha256, "bytes": a.bytes} for a in artifacts],
+            "failures": {"count": failure_count, "first": failure_json},
         })
         return
     say(f"job {view.id} ({view.initiative}): {view.status}, charged {format_micros(view.charged_micros)}")
     table("metrics", ["name", "slice", "step", "value"], [[m.name, m.slice, m.step, f"{m.value:.6g}"] for m in metrics])
     if artifacts:
         table("artifacts", ["name", "bytes", "sha256", "uri"], [[a.name, a.bytes, a.sha256[:12], a.uri] for a in artifacts])
+    if failure_count:
+        table(f"failure report: first {len(failure_rows)} of {failure_count}", ["perturbation", "slice", "expected", "predicted", "text"],
+              [[f["perturbation"], f["slice"], f["expected"], f["predicted"], f["text"]] for f in failure_json])
 
 
 # --- worker ---------------------------------------------------------------------------------

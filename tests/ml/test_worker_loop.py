@@ -55,6 +55,8 @@ def test_the_plan_runs_the_loop_in_order_and_augment_targets_the_worst_ranked_sl
     with Ledger(embedded.vars["DATABASE_URL"]).session() as s:
         failures = s.scalar(select(func.count()).select_from(FailureCase).where(FailureCase.job_id == ids["robustness"]))
     assert failures > 0  # the failure report lands in the results DB
+    report = results(embedded, ids["robustness"])["failures"]
+    assert report["count"] == failures and all(f["expected"] != f["predicted"] for f in report["first"])
 
     summary = json.loads(embedded.ok("results", "--budget", "ml", "--json").stdout)
     assert {row["initiative"] for row in summary} == {"baseline", "robustness", "augment"}
