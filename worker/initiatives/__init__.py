@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "baseline": "worker.initiatives.baseline",
     "robustness": "worker.initiatives.robustness",
     "augment": "worker.initiatives.augment",
+    "prompt_loop": "worker.initiatives.prompt_loop",
 }
 
 
