@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from models import ledger, queries
 from models.db import Ledger
-from models.schema import LedgerEntry
+from models.schema import LedgerEntry, WorkerRow
 from tests.conftest import wait_for
 
 
@@ -49,6 +49,9 @@ def test_a_job_runs_end_to_end_and_settles_with_its_metrics(request, backend):
     budget = json.loads(env.ok("budget", "show", "b", "--json").stdout)
     assert budget["spent_micros"] == done["charged_micros"] and budget["reserved_micros"] == 0
     assert audit_is_clean(env)
+    with Ledger(env.vars["DATABASE_URL"]).session() as s:
+        workers = s.execute(select(WorkerRow.name, WorkerRow.price_micros_per_hour, WorkerRow.slots)).all()
+    assert [(w.name, w.price_micros_per_hour, w.slots) for w in workers] == [(done["worker"], 1_000_000, 1)]
 
 
 def test_a_duplicate_delivery_runs_the_job_once(distributed):
