@@ -109,3 +109,34 @@ def test_a_killed_training_job_resumes_from_its_checkpoint_and_each_attempt_pays
     wall = (job.finished_at - job.started_at).total_seconds() if isinstance(job.started_at, datetime) else 0
     assert 0 < charges[2] <= 3.6e6 * wall / 3600 + 1  # the second attempt pays its own time only
     assert job.charged_micros == charges[1] + charges[2]
+
+
+def test_curriculum_and_distill_run_through_the_real_worker(embedded, tmp_path, clinc_subset):
+    from worker.ml.data import load_folder
+    from worker.ml.modeling import build_tiny_bert
+
+    teacher = build_tiny_bert(load_folder(clinc_subset).train.texts, tmp_path / "bert2", hidden=32, layers=2, vocab_size=400)
+    plan = {
+        "budget": "ml2", "total": "1.00",
+        "initiatives": [
+            {"name": "baseline", "initiative": "baseline", "rank": 1, "estimate": "0.20",
+             "params": {**BASELINE, "steps": 40, "dataset": str(clinc_subset), "model": str(teacher)}},
+            {"name": "distill", "initiative": "distill", "rank": 2, "estimate": "0.20", "after": ["baseline"],
+             "params": {"layers": 1, "sample_fraction": 0.25, "batch_size": 16, "lr": 5e-3, "latency_samples": 3, "speed_rounds": 1}},
+            {"name": "curriculum", "initiative": "curriculum", "rank": 3, "estimate": "0.20",
+             "params": {"dataset": str(clinc_subset), "model": str(teacher), "steps": 8, "batch_size": 16, "lr": 5e-3,
+                        "eval_every": 4, "quantile_every": 2, "target_accuracy": 0.15}},
+        ],
+    }
+    (tmp_path / "part2.yaml").write_text(yaml.safe_dump(plan))
+    embedded.vars.update(OMP_NUM_THREADS="1", HEARTBEAT_SECONDS="1")
+    ids = {d["name"]: d["job_id"] for d in json.loads(embedded.ok("plan", "run", str(tmp_path / "part2.yaml"), "--json").stdout)}
+    embedded.burst(timeout=600)
+
+    done = {name: results(embedded, job_id) for name, job_id in ids.items()}
+    assert {name: r["job"]["status"] for name, r in done.items()} == dict.fromkeys(ids, "succeeded")
+    student = {m["name"]: m["value"] for m in done["distill"]["metrics"] if m["slice"] is None and m["step"] is None}
+    assert student["param_count"] < student["teacher.param_count"] and "improvement" in student
+    arms = {m["name"].split(".")[0] for m in done["curriculum"]["metrics"] if m["name"].endswith(".macro_f1")}
+    assert {"uniform", "curriculum", "random"} <= arms
+    assert {a["name"] for a in done["distill"]["artifacts"]} >= {"model"}

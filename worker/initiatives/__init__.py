@@ -25,6 +25,8 @@ REGISTRY: dict[str, str] = {
     "robustness": "worker.initiatives.robustness",
     "augment": "worker.initiatives.augment",
     "prompt_loop": "worker.initiatives.prompt_loop",
+    "curriculum": "worker.initiatives.curriculum",
+    "distill": "worker.initiatives.distill",
 }
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from models.errors import BudgetStop
 from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -53,8 +54,8 @@ def seed_everything(seed: int) -> None:
 
 
 def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[int], cfg: TrainConfig, ctx: Any, *,
-          run: str = "train", batches: Any = None, loss_fn: Optional[Callable[..., Any]] = None,
-          on_step: Optional[Callable[[int], None]] = None) -> TrainResult:
+          run: str = "train", batches: Any = None, loss_fn: Callable[..., Any] | None = None,
+          on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place for ``cfg.steps`` optimizer steps, resuming from the latest checkpoint.
 
     Logs ``<run>.loss`` and ``<run>.lr`` per step. Raises ``BudgetStop`` after checkpointing when

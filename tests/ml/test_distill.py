@@ -1,0 +1,85 @@
+"""Distillation: a smaller student cut from a baseline, measured beside it, stored like any model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.errors import BudgetStop
+
+BASELINE = {"steps": 40, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 40, "latency_samples": 3}
+DISTILL = {"layers": 1, "sample_fraction": 0.25, "batch_size": 16, "lr": 5e-3, "latency_samples": 3,
+           "speed_rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, clinc_subset, run_job):
+    """A settled baseline job with a 2-layer tiny BERT: a teacher with a layer to drop."""
+    from worker.ml.data import load_folder
+    from worker.ml.modeling import build_tiny_bert
+
+    texts = load_folder(clinc_subset).train.texts
+    bert = build_tiny_bert(texts, tmp_path_factory.mktemp("teacher_bert"), hidden=32, layers=2, vocab_size=400)
+    root, history = tmp_path_factory.mktemp("distill"), []
+    run_job(root, "baseline", {**BASELINE, "dataset": str(clinc_subset), "model": str(bert)}, history)
+    return root, history
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, run_job):
+    root, history = teacher
+    return run_job(root, "distill", DISTILL, history)
+
+
+def value(ctx, name: str) -> float:
+    return ctx.values(name)[-1].value
+
+
+def test_the_student_is_smaller_and_both_are_measured_side_by_side(distilled):
+    assert value(distilled, "param_count") < value(distilled, "teacher.param_count")
+    assert value(distilled, "size_ratio") > 1
+    for name in ("accuracy", "macro_f1", "latency_p50_ms", "throughput_per_s", "ood.msp.auroc", "ood.mahalanobis.auroc"):
+        assert {name, f"teacher.{name}"} <= {m.name for m in distilled.metrics}
+    assert {m.slice for m in distilled.values("slice_f1")} == {m.slice for m in distilled.values("teacher.slice_f1")}
+    retained = value(distilled, "accuracy") / value(distilled, "teacher.accuracy")
+    assert value(distilled, "accuracy_retained") == pytest.approx(retained)
+    # The ratios come from teacher and student timed in alternation, not from two separate evaluations.
+    speed = {who: value(distilled, f"speed.{who}.throughput_per_s") for who in ("teacher", "student")}
+    assert value(distilled, "improvement") == value(distilled, "throughput_ratio") == pytest.approx(speed["student"] / speed["teacher"])
+
+
+def test_one_epoch_over_the_stratified_sample(distilled):
+    rows = value(distilled, "distill.train_rows")
+    assert rows == 100  # a quarter of 40 rows for each of 10 intents
+    assert len(distilled.values("distill.loss")) == rows // DISTILL["batch_size"] + 1
+
+
+def test_the_student_loads_and_evaluates_through_the_baseline_load_path(distilled):
+    from worker.ml.evaluate import classification_rows, infer
+    from worker.ml.lineage import load_model
+
+    model, tokenizer, _, dataset = load_model(distilled.history[-1])
+    assert model.config.num_hidden_layers == 1
+    assert model.config.vocab_size == len(tokenizer) < 400  # pruned to the pieces the corpus uses
+    predicted = infer(model, tokenizer, dataset.test.texts).predictions()
+    accuracy = classification_rows(dataset, dataset.test, predicted)[0]
+    assert accuracy.name == "accuracy" and accuracy.value == pytest.approx(value(distilled, "accuracy"))
+    assert (Path(distilled.artifacts["model"]) / "model.safetensors").is_file()
+
+
+def test_robustness_takes_the_student_as_its_model_job(distilled, teacher, run_job):
+    root, history = teacher
+    report = run_job(root, "robustness", {"model_job": distilled.job_id, "perturbations": "casing", "max_rows": 30}, history)
+    assert report.values("casing.invariance") and report.values("ood.msp.auroc")
+
+
+def test_a_budget_stop_mid_training_raises_after_logging_partial_metrics(teacher, make_context):
+    from worker import initiatives
+
+    _, history = teacher
+    ctx = make_context("distill", history=list(history), stop_after_steps=2)
+    with pytest.raises(BudgetStop, match="after step 2"):
+        initiatives.load("distill").run(initiatives.parse_params("distill", DISTILL), ctx)
+    assert [m.step for m in ctx.values("distill.loss")] == [1, 2]
+    assert ctx.values("teacher.accuracy") and "model" not in ctx.artifacts

@@ -1,0 +1,147 @@
+"""distill: a 2-3x smaller student from a stored model, in one epoch on a stratified sample.
+
+The teacher is the ``model`` artifact of ``model_job`` (default: the latest baseline). The student
+keeps ``layers`` of the teacher's encoder layers and, with ``prune_vocab``, only the word pieces the
+training corpus uses (``worker.ml.distill``). It trains one epoch on a stratified ``sample_fraction``
+of the training split against the teacher's soft targets at ``temperature``, mixed with the hard
+labels at weight ``alpha``.
+
+Teacher and student are measured in the same run on the same machine by the same evaluation as
+baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, latency, throughput, parameters,
+size), then timed once more in alternation (``speed.*``) for the ratios. The student's rows are
+logged unprefixed, as baseline logs its model's, because the student is this job's ``model``
+artifact and later jobs (robustness, augment with ``model_job``) read them so; the teacher's carry
+``teacher.``. ``improvement`` is the throughput ratio (student / teacher at batch
+64): distillation buys serving speed, and ``accuracy_retained`` says what it cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Params:
+    model_job: str = ""  # the job whose model artifact teaches; empty: the latest baseline
+    layers: int = 2  # student encoder layers; MiniLM-L6's teacher has 6
+    prune_vocab: bool = True  # keep only the word pieces the training split uses
+    quantize: bool = False  # also measure an int8 dynamically quantized student (CPU serving)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha goes to the soft targets
+    sample_fraction: float = 0.1  # stratified share of the training split; one epoch over it
+    batch_size: int = 32
+    lr: float = 2e-4  # one short epoch: a high rate, as baseline's for MiniLM
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    max_length: int = 64
+    checkpoint_every: int = 50
+    latency_samples: int = 50
+    speed_rounds: int = 3  # teacher and student timed in alternation; each keeps its best round
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "batch_size", "checkpoint_every", "latency_samples", "speed_rounds", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ValueError("temperature must be positive and alpha in [0, 1]")
+        if not 0 < self.sample_fraction <= 1 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("sample_fraction must be in (0, 1] and warmup_ratio in [0, 1)")
+
+
+def run(params: Params, ctx) -> None:
+    import math
+    from pathlib import Path
+
+    from models.errors import PermanentError
+    from worker.ml.distill import build_student, stratified_sample
+    from worker.ml.evaluate import evaluate, infer, log_rows
+    from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
+    from worker.ml.train import TrainConfig, seed_everything, train
+
+    source = model_source(ctx, params.model_job)
+    teacher, teacher_tokenizer, spec, dataset = load_model(source)
+    if params.layers >= teacher.config.num_hidden_layers:
+        raise PermanentError(f"layers={params.layers}: the teacher has only {teacher.config.num_hidden_layers}")
+    # The teacher first: its report is worth keeping even when the budget stops the student's training.
+    teacher_rows = _evaluate(evaluate, teacher, teacher_tokenizer, dataset, Path(source.artifacts[MODEL_ARTIFACT]), params)
+    log_rows(ctx, teacher_rows, prefix="teacher.")
+    sample = stratified_sample(dataset.train, params.sample_fraction, params.seed)
+    ctx.log_metric("distill.train_rows", len(sample))
+    soft = infer(teacher, teacher_tokenizer, sample.texts, max_length=params.max_length).logits
+    seed_everything(params.seed)
+    student, tokenizer = build_student(teacher, teacher_tokenizer, layers=params.layers,
+                                       corpus=dataset.train.texts if params.prune_vocab else ())
+    cfg = TrainConfig(steps=math.ceil(len(sample) / params.batch_size), batch_size=params.batch_size, lr=params.lr,
+                      warmup_ratio=params.warmup_ratio, seed=params.seed, max_length=params.max_length,
+                      checkpoint_every=params.checkpoint_every)
+    train(student, tokenizer, sample.texts, dataset.label_ids(sample), cfg, ctx, run="distill",
+          loss_fn=_soft_loss(soft, params))
+    folder = save_model(student, tokenizer, dataset.labels, spec, ctx.work_dir / "model")
+    ctx.save_artifact("model", folder)
+    student_rows = _evaluate(evaluate, student, tokenizer, dataset, folder, params)
+    log_rows(ctx, student_rows)
+    models = {"teacher": (teacher, teacher_tokenizer), "student": (student, tokenizer)}
+    if params.quantize:
+        models.update(_int8_student(ctx, student, tokenizer, dataset, params))
+    speed = _paired_speed(models, dataset.test.texts, params)
+    for who, values in speed.items():
+        for name, value in values.items():
+            ctx.log_metric(f"speed.{who}.{name}", value)
+    _log_ratios(ctx, {r.name: r.value for r in teacher_rows if r.slice is None},
+                {r.name: r.value for r in student_rows if r.slice is None}, speed)
+
+
+def _evaluate(evaluate, model, tokenizer, dataset, folder, params: Params):
+    return evaluate(model, tokenizer, dataset, folder=folder, max_length=params.max_length,
+                    latency_samples=params.latency_samples)
+
+
+def _soft_loss(teacher_logits, params: Params):
+    import torch
+
+    from worker.ml.distill import soft_target_loss
+
+    return soft_target_loss(torch.from_numpy(teacher_logits), temperature=params.temperature, alpha=params.alpha)
+
+
+def _int8_student(ctx, student, tokenizer, dataset, params: Params) -> dict:
+    """The int8 student (not stored) with its test accuracy logged under ``int8.``; none on a GPU machine."""
+    import torch
+
+    from worker.ml.distill import quantized
+    from worker.ml.evaluate import classification_rows, infer, log_rows
+
+    if torch.cuda.is_available():
+        return {}  # dynamic int8 kernels are CPU-only, and ``infer`` would move the model to the GPU
+    model = quantized(student)
+    predicted = infer(model, tokenizer, dataset.test.texts, max_length=params.max_length).predictions()
+    log_rows(ctx, [r for r in classification_rows(dataset, dataset.test, predicted) if r.slice is None], prefix="int8.")
+    return {"int8": (model, tokenizer)}
+
+
+def _paired_speed(models: dict, texts, params: Params) -> dict[str, dict[str, float]]:
+    """Latency p50 and throughput per model, measured in alternation, best of ``speed_rounds``.
+
+    On a machine shared with other jobs a burst of load during one model's turn would otherwise
+    decide the ratio; alternating and keeping each model's best turn compares them under like load.
+    """
+    from worker.ml.evaluate import efficiency_rows
+
+    best: dict[str, dict[str, float]] = {who: {} for who in models}
+    for _ in range(params.speed_rounds):
+        for who, (model, tokenizer) in models.items():
+            for row in efficiency_rows(model, tokenizer, texts, None, samples=params.latency_samples):
+                if row.name in ("latency_p50_ms", "throughput_per_s"):
+                    keep = max if row.name == "throughput_per_s" else min
+                    best[who][row.name] = keep(best[who].get(row.name, row.value), row.value)
+    return best
+
+
+def _log_ratios(ctx, teacher: dict[str, float], student: dict[str, float], speed: dict) -> None:
+    throughput = speed["student"]["throughput_per_s"] / speed["teacher"]["throughput_per_s"]
+    ctx.log_metric("size_ratio", teacher["size_bytes"] / student["size_bytes"])  # times smaller on disk
+    ctx.log_metric("param_ratio", teacher["param_count"] / student["param_count"])
+    ctx.log_metric("throughput_ratio", throughput)  # times faster at batch 64
+    ctx.log_metric("latency_ratio", speed["teacher"]["latency_p50_ms"] / speed["student"]["latency_p50_ms"])
+    ctx.log_metric("accuracy_retained", student["accuracy"] / teacher["accuracy"])
+    ctx.log_metric("improvement", throughput)
