@@ -55,7 +55,7 @@ from models.schema import (
     Metric,
     WorkerRow,
 )
-from models.views import ArtifactRow, Beat, BudgetView, Claim, Closed, JobView, Ready  # noqa: F401 - part of the API
+from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready
 
 CLAIMABLE = ("admitted", "requeued")
 # State changes go through the tables, not the ORM's unit of work: one statement each, no
@@ -399,10 +399,13 @@ class _Closing:
         return cls(closing, _with_budget_and_entries(closing))
 
 
+_NEW_STATUS = bindparam("new_status", type_=String)
 _SETTLE = _Closing.build(
     guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"),
                jobs_t.c.status == "running", jobs_t.c.worker == bindparam("owner")),
-    charge=bindparam("charge", type_=BigInteger), status=bindparam("new_status", type_=String),
+    charge=bindparam("charge", type_=BigInteger),
+    # A retry asked for on the last attempt fails the job instead, decided on the row itself.
+    status=case((and_(_NEW_STATUS == "requeued", jobs_t.c.attempts >= jobs_t.c.max_attempts), "failed"), else_=_NEW_STATUS),
     error=bindparam("reason", type_=Text),
 )
 
@@ -423,7 +426,8 @@ def settle_job(
     """Close an attempt: charge its cost (at most the reservation), write results and the status.
 
     ``status`` is final (succeeded, failed, budget_stopped, cancelled), releasing the rest of the
-    reservation, or ``requeued``, keeping it for the next attempt. Calling it again for the same
+    reservation, or ``requeued``, keeping it for the next attempt (on the last attempt, ``requeued``
+    becomes ``failed``). Calling it again for the same
     attempt returns the first outcome and changes nothing.
     """
     if status not in FINAL_STATUSES and status != "requeued":

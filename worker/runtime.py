@@ -101,8 +101,12 @@ class WorkerContext:
         return _made(self.settings.checkpoint_dir / self.job_id)
 
     @property
+    def work_path(self) -> Path:
+        return self.settings.home / "work" / self.job_id / str(self.attempt)
+
+    @property
     def work_dir(self) -> Path:
-        return _made(self.settings.home / "work" / self.job_id / str(self.attempt))
+        return _made(self.work_path)
 
     def log_metric(self, name: str, value: float, *, slice: Optional[str] = None, step: Optional[int] = None) -> None:
         self.metrics.append(MetricRow(name, float(value), slice, step))
@@ -232,8 +236,6 @@ class Runtime:
         return "succeeded", None
 
     def _settle(self, claim: Claim, ctx: WorkerContext, status: str, error: Optional[str]) -> str:
-        if status == "requeued" and claim.attempt >= _max_attempts(self.store, claim.job_id):
-            status = "failed"
         try:
             with self.store.session() as s:
                 closed = ledger.settle_job(
@@ -249,18 +251,13 @@ class Runtime:
         except LeaseLost as lost:
             log.warning("%s", lost)
             return "lease_lost"
-        shutil.rmtree(self.settings.home / "work" / claim.job_id / str(claim.attempt), ignore_errors=True)
+        shutil.rmtree(ctx.work_path, ignore_errors=True)
         if ready:  # after commit
             from worker.celery_app import default_app
             from worker.publish import publish
 
             publish(default_app(), self.store, ready)
         return closed.status
-
-
-def _max_attempts(store: Ledger, job_id: str) -> int:
-    with store.session() as s:
-        return queries.get_job(s, job_id=job_id).max_attempts
 
 
 def _one_line(exc: BaseException) -> str:
