@@ -143,8 +143,8 @@ def report(jobs: dict, seconds: dict[str, float], plan: dict) -> str:
 
 def cost_lines(seconds: dict[str, float]) -> list[str]:
     """Wall time per initiative and what a worker at WORKER_PRICE_PER_HOUR charges for it."""
-    from models.money import format_micros
-    from models.settings import load_settings
+    from core.money import format_micros
+    from core.settings import load_settings
 
     price = load_settings().price_micros_per_hour
     lines = [f"At {format_micros(price)}/hour (`WORKER_PRICE_PER_HOUR`), one slot:", "",

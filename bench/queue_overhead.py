@@ -47,7 +47,7 @@ def gated(jobs: int, concurrency: int) -> float:
         os.environ.update(env)  # this process is the producer
         from models import ledger, queries
         from models.db import Ledger
-        from models.settings import load_settings
+        from core.settings import load_settings
         from producer.admission import submit
 
         settings = load_settings()

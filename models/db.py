@@ -16,8 +16,8 @@ import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
-from models.errors import BackendUnavailable, ConfigError
-from models.settings import mask_url
+from core.errors import BackendUnavailable, ConfigError
+from core.settings import mask_url
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
 

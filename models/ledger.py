@@ -35,29 +35,31 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.errors import (
+from core.errors import (
     BudgetExhausted,
     ClaimRefused,
     InvalidInput,
     LeaseLost,
     NotFound,
 )
-from models.money import format_micros
+from core.money import format_micros
+from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, describe
 from models.queries import _job_by_key, get_budget, get_job
 from models.schema import (
-    FINAL_STATUSES,
     Artifact,
     Budget,
     FailureCase,
     Job,
     JobDependency,
+    JobNote,
     LedgerEntry,
     Metric,
     WorkerRow,
 )
 from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready
 
-CLAIMABLE = ("admitted", "requeued")
+CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATUSES)
+FINAL = tuple(s.value for s in FINAL_STATUSES)
 # State changes go through the tables, not the ORM's unit of work: one statement each, no
 # identity-map bookkeeping, and nothing loaded into Python to modify.
 jobs_t, budgets_t, entries_t = Job.__table__, Budget.__table__, LedgerEntry.__table__
@@ -132,7 +134,7 @@ def admit_job(
     for dep in after:
         _add_dependency(s, job_id=job["id"], after_job_id=dep)
     view = JobView(
-        budget=budget, worker=None, lease_until=None, error=None, started_at=None, finished_at=None,
+        budget=budget, worker=None, lease_until=None, error=None, stop_reason=None, started_at=None, finished_at=None,
         after=tuple(after), created_at=job["created_at"], **{k: v for k, v in job.items() if k in JobView.__dataclass_fields__ and k != "created_at"},
     )
     return view, True
@@ -265,7 +267,7 @@ _CLAIM = (
         lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0,
         started_at=_NOW, updated_at=_NOW,
     )
-    .returning(jobs_t.c.attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
+    .returning(jobs_t.c.attempts, jobs_t.c.max_attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
 )
 
 
@@ -280,7 +282,7 @@ def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> 
     row = s.execute(_CLAIM, {"job_id": job_id, "owner": worker, "lease_end": lease_until, "now": now}).one_or_none()
     if row is None:
         raise ClaimRefused(_why_unclaimable(s, job_id))
-    return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until)
+    return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until, row.max_attempts)
 
 
 def _why_unclaimable(s: Session, job_id: str) -> str:
@@ -321,20 +323,20 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")
     if row.cancel_requested:
-        return Beat(True, "cancelled")
+        return Beat(StopReason.CANCEL)
     if metered_micros >= row.reserved_micros:
-        return Beat(True, "budget")
-    return Beat(False, None)
+        return Beat(StopReason.BUDGET)
+    return Beat(None)
 
 
-def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, keep_worker: bool = True) -> Any:
+def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason: Any, keep_worker: bool = True) -> Any:
     """The one guarded UPDATE that ends attempts, returning what it charged and released.
 
     Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
     PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
     """
     charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
-    final = status.in_(FINAL_STATUSES)
+    final = status.in_(FINAL)
     return (
         update(jobs_t)
         .where(guard)
@@ -347,6 +349,7 @@ def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, keep_wo
             metered_micros=0,
             lease_until=None,
             error=error,
+            stop_reason=reason,
             worker=jobs_t.c.worker if keep_worker else None,
             finished_at=case((final, _NOW), else_=None),
             updated_at=_NOW,
@@ -378,7 +381,7 @@ def _with_budget_and_entries(closing: Any) -> Any:
 
     rows = union_all(
         entries("charge", closed.c.last_charge_micros),
-        entries("release", closed.c.last_release_micros).where(closed.c.status.in_(FINAL_STATUSES)),
+        entries("release", closed.c.last_release_micros).where(closed.c.status.in_(FINAL)),
     )
     appended = insert(entries_t).from_select(
         ["budget_id", "job_id", "attempt", "kind", "amount_micros", "created_at"], rows
@@ -399,14 +402,13 @@ class _Closing:
         return cls(closing, _with_budget_and_entries(closing))
 
 
-_NEW_STATUS = bindparam("new_status", type_=String)
 _SETTLE = _Closing.build(
     guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"),
                jobs_t.c.status == "running", jobs_t.c.worker == bindparam("owner")),
     charge=bindparam("charge", type_=BigInteger),
-    # A retry asked for on the last attempt fails the job instead, decided on the row itself.
-    status=case((and_(_NEW_STATUS == "requeued", jobs_t.c.attempts >= jobs_t.c.max_attempts), "failed"), else_=_NEW_STATUS),
-    error=bindparam("reason", type_=Text),
+    status=bindparam("new_status", type_=String),
+    error=bindparam("error", type_=Text),
+    reason=bindparam("reason", type_=String),
 )
 
 
@@ -416,31 +418,34 @@ def settle_job(
     job_id: str,
     attempt: int,
     worker: str,
-    status: str,
+    status: JobStatus,
     cost_micros: int,
-    error: Optional[str] = None,
+    stop: Optional[Stop] = None,
     metrics: Iterable[Any] = (),
     artifacts: Iterable[Any] = (),
     failures: Iterable[Any] = (),
+    notes: Iterable[str] = (),
 ) -> Closed:
     """Close an attempt: charge its cost (at most the reservation), write results and the status.
 
-    ``status`` is final (succeeded, failed, budget_stopped, cancelled), releasing the rest of the
-    reservation, or ``requeued``, keeping it for the next attempt (on the last attempt, ``requeued``
-    becomes ``failed``). Calling it again for the same
-    attempt returns the first outcome and changes nothing.
+    ``status`` (from ``core.status.next_status``) is final (succeeded, failed, budget_stopped,
+    cancelled), releasing the rest of the reservation, or ``requeued``, keeping it for the next
+    attempt; ``stop`` says why the attempt ended early. Calling it again for the same attempt
+    returns the first outcome and changes nothing.
     """
-    if status not in FINAL_STATUSES and status != "requeued":
+    if status not in set(JobStatus) or status not in FINAL_STATUSES | {JobStatus.REQUEUED}:
         raise InvalidInput(f"cannot settle a job as {status!r}")
+    status = JobStatus(status)
     if cost_micros < 0:
         raise InvalidInput("a cost cannot be negative")
     closed = _close_attempt(s, _SETTLE, {
-        "job_id": job_id, "attempt": attempt, "owner": worker, "charge": cost_micros, "new_status": status, "reason": error,
+        "job_id": job_id, "attempt": attempt, "owner": worker, "charge": cost_micros, "new_status": status.value,
+        "error": describe(stop) if stop else None, "reason": stop.reason.value if stop else None,
     })
     if not closed:
         return _replayed_or_lost(s, job_id=job_id, attempt=attempt, worker=worker)
     (result,) = closed
-    _write_results(s, job_id=job_id, attempt=attempt, metrics=metrics, artifacts=artifacts, failures=failures)
+    _write_results(s, job_id=job_id, attempt=attempt, metrics=metrics, artifacts=artifacts, failures=failures, notes=notes)
     return result
 
 
@@ -459,10 +464,10 @@ def _close_attempt(s: Session, closing: _Closing, params: dict[str, Any]) -> lis
         for row in rows:
             _move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
             _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
-            if row.status in FINAL_STATUSES:
+            if row.status in FINAL:
                 _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
     closed = [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows]
-    if any(c.status in FINAL_STATUSES and c.status != "succeeded" for c in closed):
+    if any(c.status in FINAL and c.status != JobStatus.SUCCEEDED for c in closed):
         cancel_orphans(s)
     return closed
 
@@ -485,7 +490,7 @@ def _replayed_or_lost(s: Session, *, job_id: str, attempt: int, worker: str) -> 
     raise LeaseLost(f"job {job_id} attempt {attempt} is {job.status} at attempt {job.attempts}; this settlement is refused")
 
 
-def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts, failures) -> None:
+def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts, failures, notes=()) -> None:
     now = utcnow()
     metric_rows = [
         dict(job_id=job_id, attempt=attempt, name=m.name, value=float(m.value), slice=m.slice, step=m.step, created_at=now)
@@ -500,7 +505,8 @@ def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts,
              expected=f.expected, predicted=f.predicted)
         for f in failures
     ]
-    for model, rows in ((Metric, metric_rows), (Artifact, artifact_rows), (FailureCase, failure_rows)):
+    note_rows = [dict(job_id=job_id, attempt=attempt, text=text, created_at=now) for text in notes]
+    for model, rows in ((Metric, metric_rows), (Artifact, artifact_rows), (FailureCase, failure_rows), (JobNote, note_rows)):
         if rows:
             s.execute(insert(model), rows)
 
@@ -517,6 +523,7 @@ _REAP = _Closing.build(
         (jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, "lease expired after the reservation was spent"),
         else_=literal("lease expired: worker ") + func.coalesce(jobs_t.c.worker, "?") + " stopped heartbeating",
     ),
+    reason=case((jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, StopReason.BUDGET.value), else_=StopReason.LOST.value),
     # The dead worker loses the attempt: a late settlement from it is refused (LeaseLost).
     keep_worker=False,
 )
@@ -533,7 +540,8 @@ def reap_expired(s: Session, *, now: Optional[datetime] = None) -> list[Closed]:
 
 _CANCEL_QUEUED = _Closing.build(
     guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.status.in_(CLAIMABLE)),
-    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal("cancelled by user", Text),
+    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal(describe(Stop(StopReason.CANCEL)), Text),
+    reason=literal(StopReason.CANCEL.value, String),
 )
 
 
@@ -549,9 +557,10 @@ def cancel_job(s: Session, *, job_id: str) -> JobView:
 _CANCEL_ORPHANS = _Closing.build(
     guard=and_(
         jobs_t.c.status.in_(CLAIMABLE),
-        _some_dependency(jobs_t.c.id, _dep.c.status.in_(("failed", "budget_stopped", "cancelled"))),
+        _some_dependency(jobs_t.c.id, _dep.c.status.in_([s.value for s in DEAD_ENDS])),
     ),
     charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal("a dependency did not succeed", Text),
+    reason=literal(StopReason.CANCEL.value, String),
 )
 
 

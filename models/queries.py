@@ -10,7 +10,7 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.errors import NotFound
+from core.errors import NotFound
 from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, LedgerEntry, Metric
 from models.views import (
     AuditProblem,
@@ -61,6 +61,11 @@ def job_results(s: Session, *, job_id: str) -> tuple[list[Metric], list[Artifact
     metrics = list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
     artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
     return metrics, artifacts
+
+
+def any_running(s: Session, *, queues: list[str]) -> bool:
+    """Whether some job on one of ``queues`` is running now."""
+    return s.scalar(select(Job.id).where(Job.queue.in_(queues), Job.status == "running").limit(1)) is not None
 
 
 def latest_succeeded(s: Session, *, initiative: str, limit: int = 50) -> list[JobView]:

@@ -24,8 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("admitted", "running", "requeued", "succeeded", "failed", "budget_stopped", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "budget_stopped", "cancelled")
+from core.status import JobStatus, StopReason
+
+JOB_STATUSES = tuple(s.value for s in JobStatus)
+STOP_REASONS = tuple(r.value for r in StopReason)
 ENTRY_KINDS = ("fund", "reserve", "release", "charge")
 
 
@@ -61,6 +63,7 @@ class Job(Base):
             name="job_never_charged_past_estimate",
         ),
         CheckConstraint("status IN ('" + "','".join(JOB_STATUSES) + "')", name="job_status_known"),
+        CheckConstraint("stop_reason IS NULL OR stop_reason IN ('" + "','".join(STOP_REASONS) + "')", name="job_stop_reason_known"),
         Index("jobs_by_status", "status", "lease_until"),
         Index("jobs_by_budget", "budget_id", "created_at"),
     )
@@ -88,6 +91,8 @@ class Job(Base):
     lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
     error: Mapped[Optional[str]] = mapped_column(Text)
+    # Why the last attempt ended early (budget, cancel, preemption, time_limit, error, lost); NULL if it finished.
+    stop_reason: Mapped[Optional[str]] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
@@ -166,6 +171,19 @@ class FailureCase(Base):
     text: Mapped[str] = mapped_column(Text)
     expected: Mapped[str] = mapped_column(String(200))
     predicted: Mapped[str] = mapped_column(String(200))
+
+
+class JobNote(Base):
+    """A warning a payload recorded about its attempt: a step it skipped, a split it carved."""
+
+    __tablename__ = "job_notes"
+    __table_args__ = (Index("notes_by_job", "job_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class WorkerRow(Base):

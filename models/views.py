@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
+from core.status import StopReason
 from models.schema import Budget, Job
 
 
@@ -42,6 +43,7 @@ class JobView:
     idempotency_key: Optional[str]
     error: Optional[str]
     created_at: datetime
+    stop_reason: Optional[str]
     started_at: Optional[datetime]
     finished_at: Optional[datetime]
     after: tuple[str, ...] = ()
@@ -55,12 +57,14 @@ class Claim:
     params: dict[str, Any]
     reserved_micros: int
     lease_until: datetime
+    max_attempts: int = 1
 
 
 @dataclass(frozen=True)
 class Beat:
-    stop: bool
-    reason: Optional[str]
+    """What a heartbeat heard back: None, or why the attempt must stop now."""
+
+    stop: Optional[StopReason]
 
 
 @dataclass(frozen=True)
@@ -123,5 +127,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         rank=j.rank, estimate_micros=j.estimate_micros, reserved_micros=j.reserved_micros,
         charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
         max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
-        error=j.error, created_at=j.created_at, started_at=j.started_at, finished_at=j.finished_at, after=after,
+        error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
     )

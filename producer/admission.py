@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+import specs
+from core.errors import BudgetExhausted, NotFound
+from core.money import format_micros
+from core.queue import publish_after_commit
+from core.settings import Settings
 from models import ledger, queries, views
 from models.db import Ledger
-from models.errors import BudgetExhausted, NotFound
 from models.views import JobView
-from models.money import format_micros
-from models.settings import Settings
 from producer.plan import Plan, PlanEntry
-from worker import initiatives
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def submit(
     queue: Optional[str], key: Optional[str], after: Sequence[str], max_attempts: Optional[int],
 ) -> tuple[JobView, bool]:
     """Admit one job and publish it once committed. Returns ``(job, created)``."""
-    parsed = initiatives.params_to_json(initiatives.parse_params(initiative, params))
+    parsed = specs.params_to_json(specs.parse_params(initiative, params, settings.extra_initiatives))
     with store.session() as s:
         job, created = ledger.admit_job(
             s, budget=budget, initiative=initiative, queue=queue or settings.queue_for(initiative), params=parsed,
@@ -141,13 +142,10 @@ def _budget_exists(s, name: str) -> bool:
 
 def _publish_ready(store: Ledger, jobs: Sequence[JobView]) -> None:
     """Publish, after commit, the jobs that can start now; the rest wait for their dependencies."""
-    from worker.celery_app import default_app
-    from worker.publish import publish
-
     ready = [views.Ready(j.id, j.queue, j.reserved_micros) for j in jobs if not j.after and j.status in ledger.CLAIMABLE]
     waiting = [j.id for j in jobs if j.after and j.status in ledger.CLAIMABLE]
     if waiting:  # their dependencies may have succeeded already
         with store.session() as s:
             ready += ledger.ready_to_publish(s, job_ids=waiting)
     if ready:
-        publish(default_app(), store, ready, mark=False)
+        publish_after_commit(store, ready, mark=False)

@@ -19,9 +19,9 @@ except ImportError:  # pragma: no cover
 
 from models import ledger, queries
 from models.db import Ledger
-from models.errors import BudgetqError, InvalidInput
-from models.money import format_micros, parse_dollars
-from models.settings import Settings, load_settings, mask_url
+from core.errors import BudgetqError, InvalidInput
+from core.money import format_micros, parse_dollars
+from core.settings import Settings, load_settings, mask_url
 from producer import render
 from producer.render import emit_json, say, table
 
@@ -180,8 +180,8 @@ def plan_run(
     from producer.admission import run_plan
     from producer.plan import load_plan
 
-    plan = load_plan(path)
     settings, store = _open()
+    plan = load_plan(path, extra_initiatives=settings.extra_initiatives)
     decisions = preview(store, plan, partial=partial) if dry_run else run_plan(store, settings, plan, partial=partial)
     if as_json:
         emit_json([{
@@ -205,10 +205,10 @@ def jobs_list(
     limit: int = typer.Option(200, min=1), as_json: bool = JSON,
 ) -> None:
     """Jobs, newest first."""
-    from models.schema import JOB_STATUSES
+    from core.status import JobStatus
 
-    if status is not None and status not in JOB_STATUSES:
-        raise InvalidInput(f"--status {status!r} is not a job status; use one of {', '.join(JOB_STATUSES)}")
+    if status is not None and status not in set(JobStatus):
+        raise InvalidInput(f"--status {status!r} is not a job status; use one of {', '.join(JobStatus)}")
     _, store = _open()
     with store.session() as s:
         jobs = queries.list_jobs(s, budget=budget, status=status, initiative=initiative, limit=limit)
@@ -250,22 +250,20 @@ def jobs_resend(
     as_json: bool = JSON,
 ) -> None:
     """Re-publish queued jobs that no worker has claimed for a while."""
-    from worker.celery_app import default_app
-    from worker.publish import resend
+    from core.queue import resend
 
     _, store = _open()
-    sent = resend(default_app(), store, older_than_seconds=older_than)
+    sent = resend(store, older_than_seconds=older_than)
     emit_json({"resent": sent}) if as_json else say(f"re-published {len(sent)} job(s)")
 
 
 @app.command("reap")
 def reap(as_json: bool = JSON) -> None:
     """Charge and requeue jobs whose worker died (expired lease), then re-publish ready jobs."""
-    from worker.celery_app import default_app
-    from worker.publish import reap as reap_and_publish
+    from core.queue import reap as reap_and_publish
 
     settings, store = _open()
-    closed, sent = reap_and_publish(default_app(), store, resend_after_seconds=settings.resend_after_seconds)
+    closed, sent = reap_and_publish(store, resend_after_seconds=settings.resend_after_seconds)
     if as_json:
         emit_json({"reaped": [c.__dict__ for c in closed], "resent": sent})
         return

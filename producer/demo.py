@@ -10,8 +10,8 @@ from pathlib import Path
 
 from models import queries
 from models.db import Ledger
-from models.money import format_micros
-from models.settings import Settings
+from core.money import format_micros
+from core.settings import Settings
 from producer.admission import run_plan
 from producer.plan import Plan, load_plan
 from producer.render import say, table
@@ -21,7 +21,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def run_demo(settings: Settings, store: Ledger, *, plan_path: Path) -> None:
     """Admit the plan under a fresh budget, drain it with a burst worker, print what it bought."""
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path, extra_initiatives=settings.extra_initiatives)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     plan = Plan(name=f"{plan.name}-{stamp}", budget=f"{plan.budget}-{stamp}", total_micros=plan.total_micros,
                 entries=plan.entries, max_attempts=plan.max_attempts)

@@ -23,9 +23,9 @@ from typing import Any, Optional
 
 import yaml
 
-from models.errors import InvalidInput
-from models.money import parse_dollars
-from worker import initiatives
+from core.errors import InvalidInput
+from core.money import parse_dollars
+import specs
 
 TOP_KEYS = {"name", "budget", "total", "initiatives", "max_attempts"}
 ENTRY_KEYS = {"name", "initiative", "rank", "estimate", "queue", "params", "after", "max_attempts"}
@@ -55,7 +55,7 @@ class Plan:
         return f"plan:{self.name}:{entry.name}"
 
 
-def load_plan(path: Path) -> Plan:
+def load_plan(path: Path, *, extra_initiatives: str = "") -> Plan:
     """Read and validate a plan; any problem raises ``InvalidInput`` naming the file and entry."""
     where = str(path)
     try:
@@ -71,7 +71,7 @@ def load_plan(path: Path) -> Plan:
     raw_entries = doc.get("initiatives")
     if not isinstance(raw_entries, list) or not raw_entries:
         raise InvalidInput(f"{where}: `initiatives` must be a non-empty list")
-    entries = tuple(_entry(f"{where}: initiatives[{i}]", raw) for i, raw in enumerate(raw_entries))
+    entries = tuple(_entry(f"{where}: initiatives[{i}]", raw, extra_initiatives) for i, raw in enumerate(raw_entries))
     _check_graph(where, entries)
     total = doc.get("total")
     return Plan(
@@ -83,7 +83,7 @@ def load_plan(path: Path) -> Plan:
     )
 
 
-def _entry(where: str, raw: Any) -> PlanEntry:
+def _entry(where: str, raw: Any, extra_initiatives: str) -> PlanEntry:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where}: each initiative is a mapping with `initiative`, `rank` and `estimate`")
     _no_unknown_keys(where, raw, ENTRY_KEYS)
@@ -97,7 +97,7 @@ def _entry(where: str, raw: Any) -> PlanEntry:
     if not isinstance(params, dict):
         raise InvalidInput(f"{where}: `params` must be a mapping")
     try:
-        parsed = initiatives.parse_params(initiative, params)
+        parsed = specs.parse_params(initiative, params, extra_initiatives)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc}") from None
     after = raw.get("after") or []
@@ -111,7 +111,7 @@ def _entry(where: str, raw: Any) -> PlanEntry:
     return PlanEntry(
         name=str(raw.get("name") or initiative), initiative=initiative, rank=rank,
         estimate_micros=parse_dollars(raw["estimate"], what=f"{where}: estimate"),
-        params=initiatives.params_to_json(parsed), queue=queue, after=tuple(after),
+        params=specs.params_to_json(parsed), queue=queue, after=tuple(after),
         max_attempts=_attempts(where, raw.get("max_attempts")),
     )
 

@@ -11,9 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from models.ledger import BudgetView, JobView
-from models.money import dollars, format_micros
-from models.settings import mask_url
+from models.views import BudgetView, JobView
+from core.money import dollars, format_micros
+from core.settings import mask_url
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and split ids; use a wide line.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)

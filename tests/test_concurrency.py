@@ -5,7 +5,7 @@ import multiprocessing
 
 from models import ledger, queries
 from models.db import Ledger
-from models.errors import BudgetExhausted
+from core.errors import BudgetExhausted
 
 PROCESSES, ATTEMPTS = 16, 100
 TOTAL, ESTIMATE = 1_000_000, 3_000  # floor(1.00 / 0.003) = 333 of 1,600 attempts fit

@@ -7,7 +7,8 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from models import ledger, queries, views
-from models.errors import BudgetExhausted, ClaimRefused, LeaseLost, NotFound
+from core.errors import BudgetExhausted, ClaimRefused, LeaseLost, NotFound
+from core.status import StopReason
 from models.schema import Budget, LedgerEntry
 
 
@@ -105,7 +106,7 @@ def test_heartbeat_asks_to_stop_once_the_reservation_is_metered(funded):
     with funded.session() as s:
         assert not ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=10, lease_seconds=30).stop
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=60_000, lease_seconds=30)
-    assert beat == views.Beat(True, "budget")
+    assert beat == views.Beat(StopReason.BUDGET)
     with funded.session() as s:
         assert queries.get_job(s, job_id=job.id).metered_micros == 50_000  # capped in SQL
 
@@ -166,7 +167,7 @@ def test_cancelling_a_running_job_tells_its_heartbeat_to_stop(funded):
     with funded.session() as s:
         assert ledger.cancel_job(s, job_id=job.id).status == "running"
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=1, lease_seconds=30)
-    assert beat == views.Beat(True, "cancelled")
+    assert beat == views.Beat(StopReason.CANCEL)
 
 
 def test_the_check_constraint_refuses_an_overspend_written_by_hand(funded):

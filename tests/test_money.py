@@ -1,7 +1,7 @@
 import pytest
 
-from models.errors import InvalidInput
-from models.money import dollars, format_micros, parse_dollars
+from core.errors import InvalidInput
+from core.money import dollars, format_micros, parse_dollars
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,9 @@ class JobContext(Protocol):
     def log_failures(self, rows: Iterable[FailureRow]) -> None:
         """Record mispredictions for the failure report."""
 
+    def warn(self, message: str) -> None:
+        """Record a warning on the job (a skipped step, a carved split); ``results`` and the report show it."""
+
     def save_artifact(self, name: str, path: Path) -> str:
         """Copy a file or folder into the artifact store; return its stored path."""
 

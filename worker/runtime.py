@@ -18,13 +18,16 @@ from typing import Any, Optional
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+import specs
+from core.errors import BudgetStop, ClaimRefused, LeaseLost, RetryableError
+from core.queue import publish_after_commit
+from core.settings import Settings, current_settings
+from core.status import Stop, StopReason, describe, next_status
 from models import ledger, queries, views
 from models.db import Ledger
-from models.errors import BudgetStop, ClaimRefused, LeaseLost, RetryableError
 from models.views import Claim
-from models.settings import Settings
-from worker import initiatives
 from worker.context import FailureRow, MetricRow, PriorResult
+from worker.initiatives import load_payload
 
 log = logging.getLogger("budgetq.worker")
 
@@ -52,7 +55,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter) -> None:
         super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
         self.store, self.settings, self.claim, self.meter = store, settings, claim, meter
-        self.stop_reason: Optional[str] = None
+        self.stop_reason: Optional[StopReason] = None
         self.stopped = threading.Event()
         self._done = threading.Event()
 
@@ -68,15 +71,15 @@ class Heartbeat(threading.Thread):
                     metered_micros=self.meter.cost_micros(), lease_seconds=self.settings.lease_seconds,
                 )
         except LeaseLost:
-            self._stop("lease")
+            self.stop(StopReason.LOST)
             return
         except Exception:  # a DB blip must not kill the job; the lease has slack for a missed beat
             log.exception("heartbeat for job %s failed", self.claim.job_id)
             return
-        if beat.stop:
-            self._stop(beat.reason or "budget")
+        if beat.stop is not None:
+            self.stop(beat.stop)
 
-    def _stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.stopped.set()
@@ -94,6 +97,7 @@ class WorkerContext:
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
         self.artifacts: list[views.ArtifactRow] = []
+        self.warnings: list[str] = []
 
     # The folders are made when a payload first asks for them: most jobs never do.
     @property
@@ -114,6 +118,10 @@ class WorkerContext:
     def log_failures(self, rows) -> None:
         self.failures.extend(rows)
 
+    def warn(self, message: str) -> None:
+        log.warning("job %s: %s", self.job_id, message)
+        self.warnings.append(message)
+
     def save_artifact(self, name: str, path: Path) -> str:
         dest = self.settings.artifact_dir / self.job_id / str(self.attempt) / name
         if dest.exists():
@@ -132,7 +140,7 @@ class WorkerContext:
 
     def should_stop(self) -> bool:
         if self.meter.cost_micros() >= self.claim.reserved_micros:
-            self.heartbeat._stop("budget")
+            self.heartbeat.stop(StopReason.BUDGET)
         return self.heartbeat.stopped.is_set()
 
     def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
@@ -211,37 +219,38 @@ class Runtime:
         ctx = WorkerContext(store=self.store, settings=self.settings, claim=claim, meter=meter, heartbeat=beat)
         beat.start()
         try:
-            status, error = self._run_payload(claim, ctx)
+            stop = self._run_payload(claim, ctx)
         finally:
             beat.close()
-        return self._settle(claim, ctx, status, error)
+        return self._settle(claim, ctx, stop)
 
-    def _run_payload(self, claim: Claim, ctx: WorkerContext) -> tuple[str, Optional[str]]:
-        """Run the payload; the exception's type decides what the attempt becomes."""
+    def _run_payload(self, claim: Claim, ctx: WorkerContext) -> Optional[Stop]:
+        """Run the payload; return why it stopped early (None: it finished)."""
         try:
-            module = initiatives.load(claim.initiative)
-            module.run(initiatives.parse_params(claim.initiative, claim.params), ctx)
-        except (BudgetStop, SoftTimeLimitExceeded):
-            return "budget_stopped", "stopped: the reservation was spent"
+            spec = specs.get(claim.initiative, self.settings.extra_initiatives)
+            load_payload(spec).run(specs.parse_params(claim.initiative, claim.params, self.settings.extra_initiatives), ctx)
+        except BudgetStop as stop:
+            # The payload stopped because it was told to: the heartbeat knows why (budget, cancel, ...).
+            return Stop(ctx.heartbeat.stop_reason or StopReason.BUDGET, _one_line(stop))
+        except SoftTimeLimitExceeded:
+            return Stop(StopReason.TIME_LIMIT)
         except RetryableError as exc:
-            return "requeued", _one_line(exc)
+            return Stop(StopReason.ERROR, _one_line(exc), retryable=True)
         except Exception as exc:  # noqa: BLE001 - any other payload error fails the job, with its reason
             log.exception("job %s failed", claim.job_id)
-            return "failed", f"{type(exc).__name__}: {_one_line(exc)}"
+            return Stop(StopReason.ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
         reason = ctx.heartbeat.stop_reason
-        if reason == "cancelled":
-            return "cancelled", "cancelled by user"
-        if reason == "budget":
-            return "budget_stopped", "stopped: the reservation was spent"
-        return "succeeded", None
+        # Told to stop but finished anyway: a cancel still cancels; a spent reservation still stops it.
+        return Stop(reason) if reason in (StopReason.CANCEL, StopReason.BUDGET) else None
 
-    def _settle(self, claim: Claim, ctx: WorkerContext, status: str, error: Optional[str]) -> str:
+    def _settle(self, claim: Claim, ctx: WorkerContext, stop: Optional[Stop]) -> str:
+        status = next_status(stop, attempts=claim.attempt, max_attempts=claim.max_attempts)
         try:
             with self.store.session() as s:
                 closed = ledger.settle_job(
                     s, job_id=claim.job_id, attempt=claim.attempt, worker=self.settings.worker_name, status=status,
-                    cost_micros=ctx.meter.cost_micros(), error=error, metrics=ctx.metrics, artifacts=ctx.artifacts,
-                    failures=ctx.failures,
+                    cost_micros=ctx.meter.cost_micros(), stop=stop, metrics=ctx.metrics, artifacts=ctx.artifacts,
+                    failures=ctx.failures, notes=ctx.warnings,
                 )
                 # What to publish next: the job itself if requeued, or the dependents it unblocked.
                 if closed.status == "requeued":
@@ -251,12 +260,11 @@ class Runtime:
         except LeaseLost as lost:
             log.warning("%s", lost)
             return "lease_lost"
+        log.info("job %s (%s) attempt %s %s%s; charged %s micro-dollars", claim.job_id, claim.initiative, claim.attempt,
+                 closed.status, f": {describe(stop)}" if stop else "", closed.charge_micros)
         shutil.rmtree(ctx.work_path, ignore_errors=True)
-        if ready:  # after commit
-            from worker.celery_app import default_app
-            from worker.publish import publish
-
-            publish(default_app(), self.store, ready)
+        if ready:
+            publish_after_commit(self.store, ready)
         return closed.status
 
 
@@ -266,13 +274,18 @@ def _one_line(exc: BaseException) -> str:
 
 
 _runtime: Optional[Runtime] = None
+_settings: Optional[Settings] = None
+
+
+def configure(settings: Settings) -> None:
+    """Set the settings this process and the pool processes forked from it run with."""
+    global _settings
+    _settings = settings
 
 
 def runtime() -> Runtime:
     """This process's runtime, rebuilt after a fork so no DB connection crosses processes."""
     global _runtime
     if _runtime is None or _runtime.pid != os.getpid():
-        from models.settings import load_settings
-
-        _runtime = Runtime(load_settings())
+        _runtime = Runtime(_settings or current_settings())
     return _runtime

@@ -13,32 +13,29 @@ import signal
 import socket
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 
 from celery import Celery
 from celery.worker import state as worker_state
-from sqlalchemy import select
 
-from models import ledger
+import specs
+from core.queue import default_app, publish_after_commit, reap
+from core.settings import Settings
+from models import ledger, queries
 from models.db import Ledger
-from models.schema import Job
-from models.settings import Settings
-from worker import initiatives
-from worker.publish import publish, reap
+from worker.runtime import configure as configure_runtime
 
 log = logging.getLogger("budgetq.worker")
 
 
 def default_queues(settings: Settings) -> list[str]:
-    return sorted({settings.queue_for(name) for name in initiatives.names()})
+    return sorted({settings.queue_for(name) for name in specs.names(settings.extra_initiatives)})
 
 
 def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concurrency: int, loglevel: str) -> None:
     """Register, start the upkeep thread, and run the Celery worker until it stops."""
-    settings = replace(settings, concurrency=concurrency)
-    # Pool processes read their settings from the environment; make them agree with ours.
-    os.environ["WORKER_NAME"] = settings.worker_name
-    os.environ["WORKER_CONCURRENCY"] = str(concurrency)
+    settings = settings.with_changes(concurrency=concurrency)
+    # Pool processes are forked from this one: they run with these very settings.
+    configure_runtime(settings)
     store = Ledger(settings.database_url)
     store.require_head()
     with store.session() as s:
@@ -46,8 +43,6 @@ def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concur
             s, name=settings.worker_name, host=socket.gethostname(), price_micros_per_hour=settings.price_micros_per_hour,
             spot=settings.spot, instance_type=settings.instance_type, slots=concurrency,
         )
-    from worker.celery_app import default_app
-
     app = default_app()
     upkeep = Upkeep(app=app, store=store, settings=settings, queues=list(queues), burst=burst)
     upkeep.start()
@@ -81,7 +76,7 @@ class Upkeep(threading.Thread):
     def tick(self) -> None:
         with self.store.session() as s:
             ledger.touch_worker(s, name=self.settings.worker_name)
-        reaped, _ = reap(self.app, self.store, resend_after_seconds=self.settings.resend_after_seconds, queues=self.queues)
+        reaped, _ = reap(self.store, resend_after_seconds=self.settings.resend_after_seconds, queues=self.queues)
         for closed in reaped:
             log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
         if self.burst and self._nothing_left():
@@ -100,13 +95,13 @@ class Upkeep(threading.Thread):
         if any(self._queue_size(q) for q in self.queues):
             return False
         with self.store.session() as s:
-            running = s.scalar(select(Job.id).where(Job.queue.in_(self.queues), Job.status == "running").limit(1))
+            running = queries.any_running(s, queues=self.queues)
             ready = ledger.ready_to_publish(s, older_than_seconds=2.0)
         ready = [j for j in ready if j.queue in self.queues]
         if ready:
             # The queue is empty yet these are ready: their messages were lost. Send them again.
-            publish(self.app, self.store, ready)
-        return running is None and not ready
+            publish_after_commit(self.store, ready)
+        return not running and not ready
 
     def _queue_size(self, queue: str) -> int:
         try:

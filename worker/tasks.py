@@ -6,7 +6,7 @@ import logging
 
 from celery.worker.request import Request
 
-from worker.celery_app import RUN_JOB, app
+from core.queue import RUN_JOB, default_app
 from worker.runtime import runtime
 
 log = logging.getLogger("budgetq.worker")
@@ -40,6 +40,6 @@ class BudgetedRequest(Request):
             self._limits = tuple(value)
 
 
-@app.task(name=RUN_JOB, Request=BudgetedRequest, acks_late=True, ignore_result=True)
+@default_app().task(name=RUN_JOB, Request=BudgetedRequest, acks_late=True, ignore_result=True)
 def run_job(job_id: str) -> str:
     return runtime().execute(job_id)

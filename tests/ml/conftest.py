@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 import pytest
 
-from worker import initiatives
+import specs
+from worker.initiatives import load_payload
 from worker.context import FailureRow, MetricRow, PriorResult
 
 CLINC150_DIR = Path(os.environ.get("CLINC150_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150")
@@ -45,6 +46,7 @@ class InProcessContext:
             folder.mkdir(parents=True, exist_ok=True)
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
+        self.warnings: list[str] = []
         self.artifacts: dict[str, str] = {}
         self.history = history
         self.stop_after_steps, self.stop_checks = stop_after_steps, 0
@@ -54,6 +56,9 @@ class InProcessContext:
 
     def log_failures(self, rows) -> None:
         self.failures.extend(rows)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def save_artifact(self, name: str, path: Path) -> str:
         target = self.artifact_dir / name
@@ -98,8 +103,8 @@ class InProcessContext:
 def run_job(root: Path, name: str, params: dict[str, Any], history: list[PriorResult], **context: Any) -> InProcessContext:
     """Validate ``params`` as the producer does, run the initiative in process, settle it."""
     ctx = InProcessContext(root, name, history=history, params=params, **context)
-    parsed = initiatives.parse_params(name, params)
-    initiatives.load(name).run(parsed, ctx)
+    parsed = specs.parse_params(name, params)
+    load_payload(specs.get(name)).run(parsed, ctx)
     ctx.settle()
     return ctx
 

@@ -84,7 +84,8 @@ def dataset(clinc_subset):
 
 
 def test_the_curriculum_makes_no_forward_pass_beyond_training_steps_and_validation(make_context, tiny_bert, dataset):
-    from worker import initiatives
+    import specs
+    from worker.initiatives import load_payload
     from worker.initiatives.curriculum import train_arm
     from worker.ml.modeling import load_classifier
 
@@ -93,7 +94,7 @@ def test_the_curriculum_makes_no_forward_pass_beyond_training_steps_and_validati
     model.register_forward_hook(lambda module, args, out: calls.__setitem__(
         "train" if module.training else "eval", calls["train" if module.training else "eval"] + 1))
     ctx = make_context("curriculum")
-    train_arm(model, tokenizer, dataset, "curriculum", initiatives.parse_params("curriculum", PARAMS), ctx)
+    train_arm(model, tokenizer, dataset, "curriculum", specs.parse_params("curriculum", PARAMS), ctx)
     # One forward per step (grad_accum 1): the losses the sampler ranks by come from those passes.
     assert calls["train"] == STEPS
     # Validation at steps 4 and 8, in batches of 64.

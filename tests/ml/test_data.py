@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import PermanentError
+from core.errors import PermanentError
 from worker.ml import clinc150
 from worker.ml.data import load_dataset, load_folder
 

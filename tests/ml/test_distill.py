@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import BudgetStop
+from core.errors import BudgetStop
 
 BASELINE = {"steps": 40, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 40, "latency_samples": 3}
 DISTILL = {"layers": 1, "sample_fraction": 0.25, "batch_size": 16, "lr": 5e-3, "latency_samples": 3,
@@ -75,11 +75,12 @@ def test_robustness_takes_the_student_as_its_model_job(distilled, teacher, run_j
 
 
 def test_a_budget_stop_mid_training_raises_after_logging_partial_metrics(teacher, make_context):
-    from worker import initiatives
+    import specs
+    from worker.initiatives import load_payload
 
     _, history = teacher
     ctx = make_context("distill", history=list(history), stop_after_steps=2)
     with pytest.raises(BudgetStop, match="after step 2"):
-        initiatives.load("distill").run(initiatives.parse_params("distill", DISTILL), ctx)
+        load_payload(specs.get("distill")).run(specs.parse_params("distill", DISTILL), ctx)
     assert [m.step for m in ctx.values("distill.loss")] == [1, 2]
     assert ctx.values("teacher.accuracy") and "model" not in ctx.artifacts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import PermanentError
+from core.errors import PermanentError
 
 # A 1-layer, 64-wide BERT learns the 10 intents to ~0.9 accuracy in 150 steps at this rate.
 BASELINE = {"steps": 150, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 50, "latency_samples": 5}

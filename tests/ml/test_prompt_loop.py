@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import InvalidInput
-from worker import initiatives
+from core.errors import InvalidInput
+import specs
+from worker.initiatives import load_payload
 from worker.initiatives import prompt_loop
 from worker.ml import prompting
 from worker.ml.prompt_search import CausalLMScorer, rung_sizes, successive_halving
@@ -96,7 +97,7 @@ def test_selection_reads_validation_only_and_the_test_split_once_at_the_end(monk
     loaded = []
     monkeypatch.setattr(data, "load_dataset", lambda *a, **kw: loaded.append(CountingDataset(data.load_folder(clinc_subset), ctx)) or loaded[0])
     # The embedding scorer, here with a tiny random BERT in place of MiniLM.
-    prompt_loop.run(initiatives.parse_params("prompt_loop", {**SEARCH, "scorer_model": str(tiny_bert)}), ctx)
+    prompt_loop.run(specs.parse_params("prompt_loop", {**SEARCH, "scorer_model": str(tiny_bert)}), ctx)
 
     assert len(loaded[0].test_reads) == 1
     assert loaded[0].test_reads[0] >= len(ctx.values("candidate_accuracy")) + len(ctx.values("val_fold_std"))
@@ -124,14 +125,14 @@ def test_a_bad_template_is_rejected_with_a_one_line_reason(template, reason):
 
 def test_seed_templates_are_checked_when_the_job_is_parsed():
     with pytest.raises(InvalidInput, match=r"seed_templates: template 'about \{foo\}' has unknown field"):
-        initiatives.parse_params("prompt_loop", {"seed_templates": "about {foo}"})
+        specs.parse_params("prompt_loop", {"seed_templates": "about {foo}"})
     with pytest.raises(ValueError, match="no {label}"):
         prompt_loop.Params(seed_templates=("a request",))
-    assert initiatives.parse_params("prompt_loop", {"seed_templates": "Query:  {label}"}).seed_templates == ("Query:  {label}",)
+    assert specs.parse_params("prompt_loop", {"seed_templates": "Query:  {label}"}).seed_templates == ("Query:  {label}",)
 
 
 def test_the_loop_stops_cleanly_when_should_stop_turns_true_mid_search(make_context, clinc_subset, tiny_gpt2):
-    params = initiatives.parse_params("prompt_loop", {**SEARCH, "dataset": str(clinc_subset), "scorer": "causal_lm",
+    params = specs.parse_params("prompt_loop", {**SEARCH, "dataset": str(clinc_subset), "scorer": "causal_lm",
                                                       "scorer_model": str(tiny_gpt2), "lm_variants": 0})
     ctx = make_context("prompt_loop", stop_after_steps=12)
     prompt_loop.run(params, ctx)
@@ -148,7 +149,7 @@ def test_the_search_ends_at_its_share_of_the_reservation_and_keeps_the_rest_for_
     ctx = make_context("prompt_loop")
     ctx.cost_micros = lambda: 100 * len(ctx.values("candidate_accuracy"))
     ctx.reserved_micros = lambda: 2_000
-    params = initiatives.parse_params("prompt_loop", {**SEARCH, "dataset": str(clinc_subset), "scorer_model": str(tiny_bert)})
+    params = specs.parse_params("prompt_loop", {**SEARCH, "dataset": str(clinc_subset), "scorer_model": str(tiny_bert)})
     prompt_loop.run(params, ctx)
 
     # Then the search stops at 80% (16 scores) and the test pass still runs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.errors import BudgetStop, PermanentError
+from core.errors import BudgetStop, PermanentError
 from worker.ml.data import load_folder
 from worker.ml.modeling import load_classifier, load_saved, save_classifier
 from worker.ml.train import TrainConfig, seed_everything, train

@@ -11,36 +11,11 @@ augmented arm's targeted-slice macro-F1 minus the control's, in points.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from worker.ml.textops import AUGMENTERS
+from specs.augment import Params
 
 
-@dataclass(frozen=True)
-class Params:
-    model_job: str = ""  # the job whose model artifact to improve; empty: the latest baseline
-    k: int = 2  # how many of the weakest slices to target
-    variants: int = 2  # per training text and augmenter
-    augmenters: tuple[str, ...] = ("char_noise", "word_noise", "synonym", "style")
-    mlm_path: str = ""  # a masked LM folder or hub id; given, contextual substitution joins the augmenters
-    steps: int = 300
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 5e-5  # lower than baseline's: this continues from a fine-tuned model
-    warmup_ratio: float = 0.1
-    seed: int = 0
-    max_length: int = 64
-    checkpoint_every: int = 100
 
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.augmenters) - set(AUGMENTERS))
-        if unknown or not self.augmenters:
-            raise ValueError(f"unknown augmenters {unknown}; choose from {', '.join(AUGMENTERS)}")
-        if "contextual" in self.augmenters and not self.mlm_path:
-            raise ValueError("the contextual augmenter needs mlm_path")
-        for name in ("k", "variants", "steps", "batch_size", "grad_accum", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+
 
 
 def run(params: Params, ctx) -> None:
@@ -68,7 +43,7 @@ def run(params: Params, ctx) -> None:
 
 def weakest_slices(ctx, source, k: int) -> list[str]:
     """The k most error-prone slices of ``source``'s model, from robustness, else from its evaluation."""
-    from models.errors import PermanentError
+    from core.errors import PermanentError
     from worker.ml.lineage import report_for
 
     report = report_for(ctx, "robustness", source.job_id)

@@ -14,44 +14,11 @@ from the losses its predecessor had measured rather than starting over with ever
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-ARMS = ("uniform", "curriculum", "random")
+from specs.curriculum import ARMS, Params
 
 
-@dataclass(frozen=True)
-class Params:
-    dataset: str = "clinc150"
-    variant: str = "full"
-    slice_column: str = "domain"
-    model: str = ""  # local folder or hub id; empty: the pretrained MiniLM-L6
-    steps: int = 300
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_ratio: float = 0.1
-    seed: int = 0
-    max_length: int = 64
-    checkpoint_every: int = 100
-    s_max: float = 100.0  # selection pressure: the hardest row is this many times likelier than the easiest
-    anneal: str = "linear"  # linear or cosine, in log(s), from s_max down to 1
-    anneal_fraction: float = 0.5  # share of the steps after which sampling is uniform
-    quantile_every: int = 10  # log the loss distribution every this many steps
-    eval_every: int = 25  # score the validation split every this many steps
-    target_accuracy: float = 0.8  # validation accuracy whose first crossing gives steps_to_target
 
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "quantile_every", "eval_every", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.s_max < 1:
-            raise ValueError("s_max must be at least 1 (1 is uniform sampling)")
-        if self.anneal not in ("linear", "cosine"):
-            raise ValueError("anneal must be linear or cosine")
-        if not 0 < self.anneal_fraction <= 1 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("anneal_fraction must be in (0, 1] and warmup_ratio in [0, 1)")
-        if not 0 < self.target_accuracy <= 1:
-            raise ValueError("target_accuracy must be in (0, 1]")
+
 
 
 def run(params: Params, ctx) -> None:

@@ -9,26 +9,12 @@ report; the ranking also goes to a ``report`` artifact that names the model job 
 
 from __future__ import annotations
 
+from specs.robustness import Params
+
 from dataclasses import dataclass
 
-from worker.ml.textops import PERTURBATIONS
 
 
-@dataclass(frozen=True)
-class Params:
-    model_job: str = ""  # the job whose model artifact to test; empty: the latest baseline
-    perturbations: tuple[str, ...] = PERTURBATIONS
-    max_rows: int = 0  # 0: the whole test split; else a seeded sample of this many rows
-    failures_per_perturbation: int = 50
-    seed: int = 0
-    max_length: int = 64
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.perturbations) - set(PERTURBATIONS))
-        if unknown or not self.perturbations:
-            raise ValueError(f"unknown perturbations {unknown}; choose from {', '.join(PERTURBATIONS)}")
-        if self.max_rows < 0 or self.failures_per_perturbation < 0:
-            raise ValueError("max_rows and failures_per_perturbation must be at least 0")
 
 
 def run(params: Params, ctx) -> None:

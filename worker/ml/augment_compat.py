@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from models.errors import PermanentError
+from core.errors import PermanentError
 
 # Debian's wordnet-base puts the Princeton WordNet 3.0 database files here.
 DEBIAN_WORDNET = Path("/usr/share/wordnet")

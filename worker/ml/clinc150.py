@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from models.errors import PermanentError, RetryableError
+from core.errors import PermanentError, RetryableError
 
 COMMIT = "828f8093932c8fe6ca7936c3d2e52903b1c523de"
 BASE_URL = f"https://raw.githubusercontent.com/clinc/oos-eval/{COMMIT}/data"

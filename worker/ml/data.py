@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from models.errors import PermanentError
+from core.errors import PermanentError
 from worker.ml.clinc150 import clinc150_folder
 
 OOS = "oos"

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from models.errors import PermanentError
+from core.errors import PermanentError
 from worker.context import PriorResult
 
 DATASET_FILE = "dataset.json"

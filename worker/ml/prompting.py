@@ -17,10 +17,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-from models.errors import InvalidInput
+from core.errors import InvalidInput
+from specs.prompt_loop import FIELD, MAX_CHARS, validate_template  # noqa: F401 - re-exported for the payload
 
-FIELD = "{label}"
-MAX_CHARS = 100
 # Words a label description might sit among; insertion draws from these.
 TASK_WORDS = (
     "request", "query", "question", "intent", "user", "customer", "asking", "wants", "needs", "about",
@@ -31,30 +30,10 @@ ENDINGS = ("?", ".", "!", ":", "")
 OPERATORS = ("synonym", "insert", "reorder", "delete", "prefix", "punctuate")
 # WordNet offers "vitamin A" for "a" and "Department of Energy" for "do": only content words get synonyms.
 _NO_SYNONYM = frozenset(TASK_WORDS[9:]) | {"an", "is", "this", "that", "of", "in", "on", "it", "i", "do"}
-_FIELD_RE = re.compile(r"\{([^{}]*)\}")
 
 Synonyms = Callable[[str], Sequence[str]]
 
 
-def validate_template(template: object, *, max_chars: int = MAX_CHARS) -> str:
-    """The template with whitespace collapsed, or ``InvalidInput`` saying in one line what is wrong."""
-    if not isinstance(template, str) or not template.strip():
-        raise InvalidInput("template is empty")
-    text = " ".join(template.split())  # a newline or tab inside a template is never meant
-    shown = text if len(text) <= 40 else text[:37] + "..."
-    if len(text) > max_chars:
-        raise InvalidInput(f"template {shown!r} is {len(text)} characters long; at most {max_chars}")
-    fields = _FIELD_RE.findall(text)
-    unknown = [f for f in fields if f != "label"]
-    if unknown:
-        raise InvalidInput(f"template {shown!r} has unknown field {{{unknown[0]}}}; only {FIELD} is allowed")
-    if len(fields) > 1:
-        raise InvalidInput(f"template {shown!r} uses {FIELD} {len(fields)} times; use it once")
-    if "{" in text.replace(FIELD, "", 1) or "}" in text.replace(FIELD, "", 1):
-        raise InvalidInput(f"template {shown!r} has a stray or doubled brace; only {FIELD} may use braces")
-    if not fields:
-        raise InvalidInput(f"template {shown!r} has no {FIELD} field")
-    return text
 
 
 def describe(label: str) -> str:

@@ -13,12 +13,11 @@ import string
 import zlib
 from typing import Callable, Optional, Sequence
 
+from specs.augment import AUGMENTERS
+from specs.robustness import PERTURBATIONS
+
 Op = Callable[[list[str]], list[str]]  # a batch of texts -> one output per text
 
-PERTURBATIONS = (
-    "keyboard", "ocr", "random_char", "word_swap", "word_delete", "spelling", "synonym", "casing", "punctuation",
-)
-AUGMENTERS = ("char_noise", "word_noise", "synonym", "style", "contextual")
 # Each augmenter cycles through these perturbations, one per variant.
 _AUGMENTER_OPS = {
     "char_noise": ("keyboard", "ocr", "random_char"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import BudgetStop
+from core.errors import BudgetStop
 from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from worker.ml.modeling import encode, pick_device
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from models.errors import InvalidInput
+from core.errors import InvalidInput
 
 MICROS_PER_DOLLAR = 1_000_000
 # Far above any compute budget, far below a BIGINT's range (9.2e18 micros).

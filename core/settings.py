@@ -1,0 +1,162 @@
+"""Typed settings: one pydantic-settings object, read once per process and passed down.
+
+A malformed variable fails at start-up with its name. Unset (or empty) variables take the
+embedded defaults: a SQLite ledger and a filesystem broker under ``BUDGETQ_HOME`` (no servers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.errors import ConfigError, InvalidInput
+from core.money import parse_dollars
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@\s]*:)(?P<password>[^@\s]+)@")
+
+
+def mask_url(text: str) -> str:
+    """Replace any password inside ``scheme://user:password@host`` with ``***``."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
+
+
+def _finite(name: str, value: float, *, low: float, high: float) -> float:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a finite number from {low:g} to {high:g}")
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting budgetq reads from the environment (the variable names are the aliases)."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, case_sensitive=True)
+
+    home: Path = Field(Path(".budgetq"), validation_alias="BUDGETQ_HOME")
+    database_url: str = Field("", validation_alias="DATABASE_URL")  # empty: SQLite under home
+    broker_url: str = Field("filesystem://", validation_alias="BROKER_URL")
+    price_micros_per_hour: int = Field(1_000_000, validation_alias="WORKER_PRICE_PER_HOUR")
+    spot: bool = Field(False, validation_alias="WORKER_SPOT")
+    instance_type: str = Field("local", validation_alias="WORKER_INSTANCE_TYPE")
+    worker_name: str = Field("", validation_alias="WORKER_NAME")  # empty: host-pid
+    concurrency: int = Field(1, ge=1, le=1024, validation_alias="WORKER_CONCURRENCY")
+    lease_seconds: float = Field(30.0, validation_alias="LEASE_SECONDS")
+    heartbeat_seconds: float = Field(5.0, validation_alias="HEARTBEAT_SECONDS")
+    max_attempts: int = Field(3, ge=1, le=100, validation_alias="MAX_ATTEMPTS")
+    resend_after_seconds: float = Field(60.0, validation_alias="RESEND_AFTER_SECONDS")
+    queue_routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, validation_alias="QUEUE_ROUTES")
+    artifact_location: str = Field("", validation_alias="ARTIFACT_DIR")  # empty: under home
+    checkpoint_location: str = Field("", validation_alias="CHECKPOINT_DIR")  # empty: under home
+    extra_initiatives: str = Field("", validation_alias="BUDGETQ_INITIATIVES")
+    clinc150_dir: str = Field("", validation_alias="CLINC150_DIR")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_home(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if v not in (None, "")}
+            home = Path(data.get("BUDGETQ_HOME") or ".budgetq").absolute()
+            data["BUDGETQ_HOME"] = home
+            data.setdefault("DATABASE_URL", f"sqlite:///{home / 'ledger.db'}")
+            data.setdefault("WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}")
+        return data
+
+    @field_validator("price_micros_per_hour", mode="before")
+    @classmethod
+    def _price(cls, value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return parse_dollars(value, what="WORKER_PRICE_PER_HOUR")
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease(cls, value: float) -> float:
+        return _finite("LEASE_SECONDS", value, low=0.5, high=86_400)
+
+    @field_validator("heartbeat_seconds")
+    @classmethod
+    def _heartbeat(cls, value: float) -> float:
+        return _finite("HEARTBEAT_SECONDS", value, low=0.05, high=3_600)
+
+    @field_validator("resend_after_seconds")
+    @classmethod
+    def _resend(cls, value: float) -> float:
+        return _finite("RESEND_AFTER_SECONDS", value, low=0, high=86_400)
+
+    @field_validator("queue_routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> dict[str, str]:
+        shape = 'QUEUE_ROUTES must be JSON mapping initiative names to queue names, like {"baseline": "gpu"}'
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(shape) from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+            raise ValueError(shape)
+        return value
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return Path(self.artifact_location) if self.artifact_location else self.home / "artifacts"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint_location) if self.checkpoint_location else self.home / "checkpoints"
+
+    def queue_for(self, initiative: str) -> str:
+        """One queue per initiative unless ``QUEUE_ROUTES`` says otherwise."""
+        return self.queue_routes.get(initiative, initiative)
+
+    def with_changes(self, **changes: Any) -> "Settings":
+        """A copy with some fields changed (the worker sets its slot count from ``--concurrency``)."""
+        return self.model_copy(update=changes)
+
+
+def load_settings(env: Optional[dict[str, str]] = None) -> Settings:
+    """Read every setting once; raise ``ConfigError`` naming the first bad variable."""
+    try:
+        if env is None:
+            return Settings()
+        return Settings.model_validate({k: v for k, v in env.items() if k in _VARIABLES})
+    except ValidationError as exc:
+        raise ConfigError(_first_problem(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def current_settings() -> Settings:
+    """This process's settings, read from the environment the first time they are asked for."""
+    return load_settings()
+
+
+_VARIABLES = {str(f.validation_alias) for f in Settings.model_fields.values()}
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    name = next((str(part) for part in error.get("loc", ()) if str(part) in _VARIABLES), "a setting")
+    message = str(error.get("msg", "is malformed")).removeprefix("Value error, ")
+    if message.startswith(name):
+        return message
+    value = error.get("input")
+    shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""
+    return f"{name}{shown} is not valid: {message}"

@@ -1,0 +1,37 @@
+"""distill: a smaller student cut from a stored model, trained on its soft targets.
+
+The parameters and their validation, free of torch: the producer checks them at admission and the
+worker builds them again from the ledger row. The payload is ``worker.initiatives.distill``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Params:
+    model_job: str = ""  # the job whose model artifact teaches; empty: the latest baseline
+    layers: int = 2  # student encoder layers; MiniLM-L6's teacher has 6
+    prune_vocab: bool = True  # keep only the word pieces the training split uses
+    quantize: bool = False  # also measure an int8 dynamically quantized student (CPU serving)
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 - alpha goes to the soft targets
+    sample_fraction: float = 0.1  # stratified share of the training split; one epoch over it
+    batch_size: int = 32
+    lr: float = 2e-4  # one short epoch: a high rate, as baseline's for MiniLM
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    max_length: int = 64
+    checkpoint_every: int = 50
+    latency_samples: int = 50
+    speed_rounds: int = 3  # teacher and student timed in alternation; each keeps its best round
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "batch_size", "checkpoint_every", "latency_samples", "speed_rounds", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+            raise ValueError("temperature must be positive and alpha in [0, 1]")
+        if not 0 < self.sample_fraction <= 1 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("sample_fraction must be in (0, 1] and warmup_ratio in [0, 1)")

@@ -1,0 +1,32 @@
+"""One owner for a job's outcome: every stop reason, with the attempt count, maps to one next status."""
+
+import pytest
+
+from core.status import JobStatus, Stop, StopReason, describe, next_status
+
+
+@pytest.mark.parametrize("stop, attempts, expected", [
+    (None, 1, JobStatus.SUCCEEDED),
+    (Stop(StopReason.BUDGET), 1, JobStatus.BUDGET_STOPPED),
+    (Stop(StopReason.TIME_LIMIT), 3, JobStatus.BUDGET_STOPPED),
+    (Stop(StopReason.CANCEL), 1, JobStatus.CANCELLED),
+    (Stop(StopReason.PREEMPTION), 3, JobStatus.REQUEUED),
+    (Stop(StopReason.ERROR, "bad data"), 1, JobStatus.FAILED),
+    (Stop(StopReason.ERROR, "flaky download", retryable=True), 2, JobStatus.REQUEUED),
+    (Stop(StopReason.ERROR, "flaky download", retryable=True), 3, JobStatus.FAILED),
+    (Stop(StopReason.LOST), 2, JobStatus.REQUEUED),
+    (Stop(StopReason.LOST), 3, JobStatus.FAILED),
+])
+def test_each_stop_reason_and_attempt_count_decides_the_next_status(stop, attempts, expected):
+    assert next_status(stop, attempts=attempts, max_attempts=3) is expected
+
+
+def test_preemptions_cost_no_attempt():
+    # Three claims, two of them preempted: one attempt used of three, so a lost worker requeues again.
+    assert next_status(Stop(StopReason.LOST), attempts=3, max_attempts=3, preemptions=2) is JobStatus.REQUEUED
+
+
+def test_a_cancel_is_described_as_a_cancel_not_as_a_spent_reservation():
+    assert describe(Stop(StopReason.CANCEL)) == "cancelled by user"
+    assert "reservation" in describe(Stop(StopReason.BUDGET))
+    assert describe(Stop(StopReason.ERROR, "ValueError: x")) == "failed: ValueError: x"
