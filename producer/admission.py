@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import specs
-from core.errors import BudgetExhausted, NotFound
+from core.errors import BudgetExhausted, InvalidInput, NotFound
 from core.money import format_micros
 from core.queue import publish_after_commit
 from core.settings import Settings
@@ -31,8 +31,10 @@ def submit(
     queue: Optional[str], key: Optional[str], after: Sequence[str], max_attempts: Optional[int],
 ) -> tuple[JobView, bool]:
     """Admit one job and publish it once committed. Returns ``(job, created)``."""
+    spec = specs.get(initiative, settings.extra_initiatives)
     parsed = specs.params_to_json(specs.parse_params(initiative, params, settings.extra_initiatives))
     with store.session() as s:
+        parsed, after = with_model_source(s, spec, budget=budget, params=parsed, after=list(after), extra=settings.extra_initiatives)
         job, created = ledger.admit_job(
             s, budget=budget, initiative=initiative, queue=queue or settings.queue_for(initiative), params=parsed,
             estimate_micros=estimate_micros, max_attempts=max_attempts or settings.max_attempts,
@@ -56,7 +58,7 @@ def run_plan(store: Ledger, settings: Settings, plan: Plan, *, partial: bool) ->
     return decisions
 
 
-def dry_run(store: Ledger, plan: Plan, *, partial: bool) -> list[Decision]:
+def dry_run(store: Ledger, plan: Plan, *, partial: bool, extra_initiatives: str = "") -> list[Decision]:
     """What ``run_plan`` would admit and reject against the budget as it is now; writes nothing."""
     with store.session() as s:
         if _budget_exists(s, plan.budget):
@@ -66,7 +68,12 @@ def dry_run(store: Ledger, plan: Plan, *, partial: bool) -> list[Decision]:
         else:
             queries.get_budget(s, name=plan.budget)  # raises NotFound with the fix
         decisions, rejected = [], set()
+        names = {entry.name for entry in plan.entries}
         for entry in plan.entries:
+            if entry.params.get("model_job") and entry.params["model_job"] not in names:
+                # An outside model: the same checks as admission, read-only.
+                spec = specs.get(entry.initiative, extra_initiatives)
+                with_model_source(s, spec, budget=plan.budget, params=entry.params, after=[], extra=extra_initiatives)
             reason = _rejection(entry, left, rejected)
             if reason:
                 rejected.add(entry.name)
@@ -124,12 +131,67 @@ def _admit_each(store: Ledger, settings: Settings, plan: Plan) -> list[Decision]
 
 
 def _admit_entry(s, settings: Settings, plan: Plan, entry: PlanEntry, ids: dict[str, str]) -> tuple[JobView, bool]:
+    params, after = dict(entry.params), [ids[d] for d in entry.after]
+    if params.get("model_job") in ids:  # the plan named an entry: use that entry's job
+        params["model_job"] = ids[params["model_job"]]
+    spec = specs.get(entry.initiative, settings.extra_initiatives)
+    params, after = with_model_source(s, spec, budget=plan.budget, params=params, after=after, extra=settings.extra_initiatives)
     return ledger.admit_job(
         s, budget=plan.budget, initiative=entry.initiative, queue=entry.queue or settings.queue_for(entry.initiative),
-        params=entry.params, estimate_micros=entry.estimate_micros,
+        params=params, estimate_micros=entry.estimate_micros,
         max_attempts=entry.max_attempts or plan.max_attempts or settings.max_attempts,
-        idempotency_key=plan.key(entry), rank=entry.rank, after=[ids[d] for d in entry.after],
+        idempotency_key=plan.key(entry), rank=entry.rank, after=after,
     )
+
+
+def with_model_source(s, spec: specs.Spec, *, budget: str, params: dict[str, Any], after: list[str],
+                      extra: str = "") -> tuple[dict[str, Any], list[str]]:
+    """``params`` with ``model_job`` set to the job whose model this one uses, and ``after`` with it.
+
+    Lineage is by declaration: the job named by ``model_job``, else the one model among the jobs in
+    ``after`` (a job that stores a model, or one that ran on a model). The source must be in the
+    same budget and store a model; none or several is refused, naming the fix.
+    """
+    if not spec.uses_model:
+        return params, after
+    named = params.get("model_job") or ""
+    derived = not named  # found through a dependency: it finishes before this job already
+    if derived:
+        sources = sorted({src for src in (_model_source_of(queries.get_job(s, job_id=d), extra) for d in after) if src})
+        if len(sources) != 1:
+            found = f"several ({', '.join(sources)})" if sources else "none"
+            raise InvalidInput(
+                f"{spec.name} runs on another job's model, and its dependencies offer {found};"
+                f" name it with --param model_job=<job id> or run it --after the job that stores it"
+            )
+        named = sources[0]
+    source = queries.get_job(s, job_id=named)  # NotFound names the fix
+    if source.budget != budget:
+        raise InvalidInput(f"model_job {named} belongs to budget {source.budget!r}, not {budget!r}; a job only uses models of its own budget")
+    if not specs.get(source.initiative, extra).makes_model:
+        raise InvalidInput(f"model_job {named} is a {source.initiative} job, which stores no model; name a job that does")
+    waits = derived or _waits_for(s, after, named)
+    return {**params, "model_job": named}, after if waits else [*after, named]
+
+
+def _waits_for(s, after: list[str], target: str) -> bool:
+    """Whether a job running after ``after`` already waits, directly or through them, for ``target``."""
+    seen, todo = set(), list(after)
+    while todo:
+        job_id = todo.pop()
+        if job_id == target:
+            return True
+        if job_id not in seen:
+            seen.add(job_id)
+            todo += queries.get_job(s, job_id=job_id).after
+    return False
+
+
+def _model_source_of(job: JobView, extra: str) -> Optional[str]:
+    spec = specs.get(job.initiative, extra)
+    if spec.makes_model:
+        return job.id
+    return job.params.get("model_job") or None if spec.uses_model else None
 
 
 def _budget_exists(s, name: str) -> bool:

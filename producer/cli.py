@@ -182,7 +182,8 @@ def plan_run(
 
     settings, store = _open()
     plan = load_plan(path, extra_initiatives=settings.extra_initiatives)
-    decisions = preview(store, plan, partial=partial) if dry_run else run_plan(store, settings, plan, partial=partial)
+    decisions = (preview(store, plan, partial=partial, extra_initiatives=settings.extra_initiatives) if dry_run
+                 else run_plan(store, settings, plan, partial=partial))
     if as_json:
         emit_json([{
             "name": d.entry, "initiative": d.initiative, "estimate": format_micros(d.estimate_micros),

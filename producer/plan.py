@@ -12,12 +12,18 @@ initiatives:
     queue: gpu           # optional; one queue per initiative by default
     params: {epochs: 1}
     after: []            # names that must succeed first
+    seeds: 3             # optional: one job per seed (params.seed, +1, +2), each with its own reservation
 ```
+
+An entry with ``seeds: N`` fans out into N jobs named ``<name>#seed<k>``, and every entry that runs
+after it follows each seed: ``augment#seed1`` runs after ``baseline#seed1``. ``model_job`` in a
+plan may name an entry instead of a job id; it resolves to the same seed's job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,7 +34,9 @@ from core.money import parse_dollars
 import specs
 
 TOP_KEYS = {"name", "budget", "total", "initiatives", "max_attempts"}
-ENTRY_KEYS = {"name", "initiative", "rank", "estimate", "queue", "params", "after", "max_attempts"}
+ENTRY_KEYS = {"name", "initiative", "rank", "estimate", "queue", "params", "after", "max_attempts", "seeds"}
+MAX_SEEDS = 20
+SEED_MARK = "#seed"
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,12 @@ class PlanEntry:
     queue: Optional[str] = None
     after: tuple[str, ...] = ()
     max_attempts: Optional[int] = None
+    seeds: int = 1  # as declared; after fan-out every entry is one job (seeds == 1)
+
+    @property
+    def group(self) -> str:
+        """The declared entry this job came from: the name without its ``#seed<k>``."""
+        return self.name.split(SEED_MARK, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ def load_plan(path: Path, *, extra_initiatives: str = "") -> Plan:
         raise InvalidInput(f"{where}: `initiatives` must be a non-empty list")
     entries = tuple(_entry(f"{where}: initiatives[{i}]", raw, extra_initiatives) for i, raw in enumerate(raw_entries))
     _check_graph(where, entries)
+    entries = _resolve_models(where, _fan_out_seeds(where, entries, extra_initiatives), extra_initiatives)
     total = doc.get("total")
     return Plan(
         name=str(doc.get("name") or Path(path).stem),
@@ -108,8 +123,11 @@ def _entry(where: str, raw: Any, extra_initiatives: str) -> PlanEntry:
     queue = raw.get("queue")
     if queue is not None and (not isinstance(queue, str) or not queue.strip()):
         raise InvalidInput(f"{where}: `queue` must be a queue name")
+    name = str(raw.get("name") or initiative)
+    if SEED_MARK in name:
+        raise InvalidInput(f"{where}: entry name {name!r} may not contain {SEED_MARK!r}; budgetq adds it to seeded jobs")
     return PlanEntry(
-        name=str(raw.get("name") or initiative), initiative=initiative, rank=rank,
+        name=name, initiative=initiative, rank=rank, seeds=_seeds(where, raw.get("seeds")),
         estimate_micros=parse_dollars(raw["estimate"], what=f"{where}: estimate"),
         params=specs.params_to_json(parsed), queue=queue, after=tuple(after),
         max_attempts=_attempts(where, raw.get("max_attempts")),
@@ -130,6 +148,102 @@ def _check_graph(where: str, entries: tuple[PlanEntry, ...]) -> None:
                 raise InvalidInput(
                     f"{where}: {entry.name!r} runs after {dep!r} so it must rank after it (rank {entry.rank} <= {by_name[dep].rank})"
                 )
+
+
+def _seeds(where: str, value: Any) -> int:
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEEDS:
+        raise InvalidInput(f"{where}: `seeds` must be an integer from 1 to {MAX_SEEDS}, got {value!r}")
+    return value
+
+
+def _fan_out_seeds(where: str, entries: tuple[PlanEntry, ...], extra_initiatives: str) -> tuple[PlanEntry, ...]:
+    """One entry per seed; an entry after a seeded one follows each seed (its own ``seeds`` must agree).
+
+    Entries come in rank order, so every dependency is expanded before the entries that need it.
+    """
+    counts: dict[str, int] = {}
+    expanded: list[PlanEntry] = []
+    for entry in sorted(entries, key=lambda e: e.rank):
+        inherited = {counts[d] for d in entry.after if counts[d] > 1}
+        if len(inherited) > 1 or (inherited and entry.seeds > 1 and inherited != {entry.seeds}):
+            raise InvalidInput(
+                f"{where}: {entry.name!r} has seeds {entry.seeds} but runs after entries with seeds {sorted(inherited)};"
+                " give entries that depend on each other the same number of seeds"
+            )
+        n = entry.seeds if entry.seeds > 1 else (inherited.pop() if inherited else 1)
+        counts[entry.name] = n
+        if n == 1:
+            expanded.append(replace(entry, seeds=1))
+            continue
+        if "seed" not in {f.name for f in dataclasses.fields(specs.get(entry.initiative, extra_initiatives).params)}:
+            raise InvalidInput(f"{where}: {entry.name!r} asks for {n} seeds but initiative {entry.initiative!r} has no `seed` parameter")
+        expanded += [_seeded(entry, k, counts) for k in range(n)]
+    return tuple(expanded)
+
+
+def _seeded(entry: PlanEntry, k: int, counts: dict[str, int]) -> PlanEntry:
+    """Seed ``k`` of ``entry``: its own seed parameter, and the same seed of each seeded dependency."""
+    def follow(name: str) -> str:
+        return f"{name}{SEED_MARK}{k}" if counts.get(name, 1) > 1 else name
+
+    params = {**entry.params, "seed": int(entry.params.get("seed", 0)) + k}
+    if isinstance(params.get("model_job"), str) and params["model_job"] in counts:
+        params["model_job"] = follow(params["model_job"])
+    return replace(entry, name=f"{entry.name}{SEED_MARK}{k}", params=params, after=tuple(follow(d) for d in entry.after), seeds=1)
+
+
+def _resolve_models(where: str, entries: tuple[PlanEntry, ...], extra_initiatives: str) -> tuple[PlanEntry, ...]:
+    """Give each entry that runs on a model the plan entry whose model it uses, by declaration.
+
+    ``model_job`` may name an entry (it must also be in ``after``: it has to finish first) or an
+    outside job id (checked against the ledger at admission). Without it, the model comes from the
+    entries in ``after``: an entry that stores a model, or one that ran on a model (robustness
+    tested the baseline's: augment after robustness improves that baseline). Exactly one source
+    must remain; none or several is refused, naming the fix.
+    """
+    by_name: dict[str, PlanEntry] = {}
+    resolved = []
+    for entry in entries:
+        spec = specs.get(entry.initiative, extra_initiatives)
+        if spec.uses_model:
+            entry = _with_model(where, entry, by_name, extra_initiatives)
+        by_name[entry.name] = entry
+        resolved.append(entry)
+    return tuple(resolved)
+
+
+def _with_model(where: str, entry: PlanEntry, by_name: dict[str, PlanEntry], extra_initiatives: str) -> PlanEntry:
+    named = entry.params.get("model_job") or ""
+    if named in by_name:
+        source = by_name[named]
+        if not specs.get(source.initiative, extra_initiatives).makes_model:
+            raise InvalidInput(f"{where}: {entry.name!r} takes its model from {named!r}, a {source.initiative} entry that stores none")
+        if named not in entry.after:
+            raise InvalidInput(f"{where}: {entry.name!r} uses the model of {named!r}, so it must also run after it (add it to `after`)")
+        return entry
+    if named:
+        return entry  # an outside job id: the ledger checks it at admission
+    sources = sorted({s for s in (model_source(by_name[d], extra_initiatives) for d in entry.after) if s})
+    if len(sources) == 1:
+        return replace(entry, params={**entry.params, "model_job": sources[0]})
+    if not sources:
+        raise InvalidInput(
+            f"{where}: {entry.name!r} ({entry.initiative}) runs on a model but no entry in its `after` stores one;"
+            " add the model's entry (e.g. after: [baseline]) or set params.model_job"
+        )
+    raise InvalidInput(
+        f"{where}: {entry.name!r} runs after several models ({', '.join(sources)}); say which with params.model_job"
+    )
+
+
+def model_source(entry: PlanEntry, extra_initiatives: str = "") -> Optional[str]:
+    """The entry whose model ``entry`` stores or ran on, or None."""
+    spec = specs.get(entry.initiative, extra_initiatives)
+    if spec.makes_model:
+        return entry.name
+    return entry.params.get("model_job") or None if spec.uses_model else None
 
 
 def _attempts(where: str, value: Any) -> Optional[int]:

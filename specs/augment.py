@@ -13,7 +13,7 @@ AUGMENTERS = ("char_noise", "word_noise", "synonym", "style", "contextual")
 
 @dataclass(frozen=True)
 class Params:
-    model_job: str = ""  # the job whose model artifact to improve; empty: the latest baseline
+    model_job: str = ""  # the job whose model artifact to improve; empty: resolved at admission from `after:`
     k: int = 2  # how many of the weakest slices to target
     variants: int = 2  # per training text and augmenter
     augmenters: tuple[str, ...] = ("char_noise", "word_noise", "synonym", "style")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Params:
-    model_job: str = ""  # the job whose model artifact teaches; empty: the latest baseline
+    model_job: str = ""  # the job whose model artifact teaches; empty: resolved at admission from `after:`
     layers: int = 2  # student encoder layers; MiniLM-L6's teacher has 6
     prune_vocab: bool = True  # keep only the word pieces the training split uses
     quantize: bool = False  # also measure an int8 dynamically quantized student (CPU serving)

@@ -15,7 +15,7 @@ PERTURBATIONS = (
 
 @dataclass(frozen=True)
 class Params:
-    model_job: str = ""  # the job whose model artifact to test; empty: the latest baseline
+    model_job: str = ""  # the job whose model artifact to test; empty: resolved at admission from `after:`
     perturbations: tuple[str, ...] = PERTURBATIONS
     max_rows: int = 0  # 0: the whole test split; else a seeded sample of this many rows
     failures_per_perturbation: int = 50

@@ -54,6 +54,8 @@ CASES = [
     (["submit", "calibrate", "--budget", "b", "--estimate", "0.01", "-p", "seconds=1", "-p", "seconds=2"], BAD_INPUT, "given twice"),
     (["submit", "calibrate", "--budget", "b", "--estimate", "0.01", "--after", "ghost"], NOT_FOUND, "no job 'ghost'"),
     (["submit", "calibrate", "--budget", "b"], BAD_INPUT, "Missing option '--estimate'"),
+    (["submit", "robustness", "--budget", "b", "--estimate", "0.01"], BAD_INPUT, "--param model_job=<job id>"),
+    (["submit", "augment", "--budget", "b", "--estimate", "0.01", "--param", "model_job=ghost"], NOT_FOUND, "no job 'ghost'"),
     (["jobs", "show", "ghost"], NOT_FOUND, "no job 'ghost'"),
     (["jobs", "cancel", "ghost"], NOT_FOUND, "no job 'ghost'"),
     (["jobs", "list", "--status", "sleeping"], BAD_INPUT, "not a job status"),

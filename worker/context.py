@@ -80,8 +80,8 @@ class JobContext(Protocol):
     def reserved_micros(self) -> int:
         """What this attempt may spend in all."""
 
-    def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
-        """The most recent succeeded job of ``initiative`` whose params match the filter, if any."""
+    def prior(self, job_id: str) -> PriorResult:
+        """A settled job of this job's budget, by id (``PermanentError`` for another budget's job)."""
 
     def dependencies(self) -> list[PriorResult]:
         """The settled jobs this one ran ``after``."""

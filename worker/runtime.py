@@ -19,7 +19,7 @@ from typing import Any, Optional
 from celery.exceptions import SoftTimeLimitExceeded
 
 import specs
-from core.errors import BudgetStop, ClaimRefused, LeaseLost, RetryableError
+from core.errors import BudgetStop, ClaimRefused, LeaseLost, PermanentError, RetryableError
 from core.queue import publish_after_commit
 from core.settings import Settings, current_settings
 from core.status import Stop, StopReason, describe, next_status
@@ -143,12 +143,12 @@ class WorkerContext:
             self.heartbeat.stop(StopReason.BUDGET)
         return self.heartbeat.stopped.is_set()
 
-    def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
+    def prior(self, job_id: str) -> PriorResult:
         with self.store.session() as s:
-            for job in queries.latest_succeeded(s, initiative=initiative):
-                if all(job.params.get(k) == v for k, v in param_filter.items()):
-                    return _prior(s, job)
-        return None
+            mine, other = queries.get_job(s, job_id=self.job_id), queries.get_job(s, job_id=job_id)
+            if other.budget != mine.budget:
+                raise PermanentError(f"job {job_id} belongs to budget {other.budget!r}, not {mine.budget!r}")
+            return _prior(s, other)
 
     def dependencies(self) -> list[PriorResult]:
         with self.store.session() as s:

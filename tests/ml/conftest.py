@@ -1,7 +1,7 @@
 """An in-process ``JobContext`` and small fixtures: a 3-domain, 10-intent CLINC150 subset and a tiny BERT.
 
 The context keeps metrics and failures in lists, copies artifacts under the test's folder, answers
-``should_stop`` from a step budget and ``latest_result`` from the jobs settled before it, which is
+``should_stop`` from a step budget and ``prior``/``dependencies`` from the jobs settled before it, which is
 what the worker's runtime does against the ledger, minus the broker and the database.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Optional
 import pytest
 
 import specs
+from core.errors import PermanentError
 from worker.initiatives import load_payload
 from worker.context import FailureRow, MetricRow, PriorResult
 
@@ -81,11 +82,11 @@ class InProcessContext:
     def reserved_micros(self) -> int:
         return 10**9
 
-    def latest_result(self, initiative: str, **param_filter: Any) -> Optional[PriorResult]:
-        for result in reversed(self.history):
-            if result.initiative == initiative and all(result.params.get(k) == v for k, v in param_filter.items()):
-                return result
-        return None
+    def prior(self, job_id: str) -> PriorResult:
+        found = [result for result in self.history if result.job_id == job_id]
+        if not found:
+            raise PermanentError(f"no settled job {job_id!r} in this test's history")
+        return found[-1]
 
     def dependencies(self) -> list[PriorResult]:
         return list(self.history)
@@ -102,6 +103,10 @@ class InProcessContext:
 
 def run_job(root: Path, name: str, params: dict[str, Any], history: list[PriorResult], **context: Any) -> InProcessContext:
     """Validate ``params`` as the producer does, run the initiative in process, settle it."""
+    if specs.get(name).uses_model and not params.get("model_job"):
+        # As admission resolves a plan's `after: [previous]`: the latest settled job that stores a model.
+        sources = [r.job_id for r in history if specs.get(r.initiative).makes_model]
+        params = {**params, "model_job": sources[-1]} if sources else params
     ctx = InProcessContext(root, name, history=history, params=params, **context)
     parsed = specs.parse_params(name, params)
     load_payload(specs.get(name)).run(parsed, ctx)

@@ -29,7 +29,7 @@ def teacher(tmp_path_factory, clinc_subset, run_job):
 @pytest.fixture(scope="module")
 def distilled(teacher, run_job):
     root, history = teacher
-    return run_job(root, "distill", DISTILL, history)
+    return run_job(root, "distill", {**DISTILL, "model_job": history[0].job_id}, history)
 
 
 def value(ctx, name: str) -> float:
@@ -81,6 +81,6 @@ def test_a_budget_stop_mid_training_raises_after_logging_partial_metrics(teacher
     _, history = teacher
     ctx = make_context("distill", history=list(history), stop_after_steps=2)
     with pytest.raises(BudgetStop, match="after step 2"):
-        load_payload(specs.get("distill")).run(specs.parse_params("distill", DISTILL), ctx)
+        load_payload(specs.get("distill")).run(specs.parse_params("distill", {**DISTILL, "model_job": history[0].job_id}), ctx)
     assert [m.step for m in ctx.values("distill.loss")] == [1, 2]
     assert ctx.values("teacher.accuracy") and "model" not in ctx.artifacts

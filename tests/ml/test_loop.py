@@ -19,8 +19,8 @@ def chain(tmp_path_factory, clinc_subset, tiny_bert, run_job):
     """Run the three initiatives in order, as the worker would after `budgetq submit --after`."""
     root, history = tmp_path_factory.mktemp("chain"), []
     baseline = run_job(root, "baseline", {**BASELINE, "dataset": str(clinc_subset), "model": str(tiny_bert)}, history)
-    robustness = run_job(root, "robustness", {"max_rows": 120}, history)
-    augment = run_job(root, "augment", {**AUGMENT, "mlm_path": str(tiny_bert)}, history)
+    robustness = run_job(root, "robustness", {"max_rows": 120, "model_job": baseline.job_id}, history)
+    augment = run_job(root, "augment", {**AUGMENT, "mlm_path": str(tiny_bert), "model_job": baseline.job_id}, history)
     return baseline, robustness, augment
 
 
@@ -92,17 +92,17 @@ def test_augment_compares_equal_compute_arms_and_logs_improvement_in_points(chai
 def test_without_a_robustness_report_augment_targets_the_lowest_f1_slices(chain, tmp_path, run_job):
     baseline, _, _ = chain
     history = [r for r in baseline.history if r.initiative == "baseline"]
-    augment = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "style"}, history)
+    augment = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "style", "model_job": baseline.job_id}, history)
     f1 = {m.slice: m.value for m in baseline.values("slice_f1")}
     assert [m.slice for m in augment.values("targeted_rank")] == [min(f1, key=lambda s: (f1[s], s))]
     assert augment.values("targets_from_robustness")[0].value == 0.0
 
 
-def test_robustness_without_any_baseline_says_what_to_run_first(tmp_path, run_job):
-    with pytest.raises(PermanentError, match="no succeeded baseline job"):
+def test_robustness_without_a_model_source_says_how_to_name_one(tmp_path, run_job):
+    with pytest.raises(PermanentError, match="resubmit it --after the job that stores the model"):
         run_job(tmp_path, "robustness", {}, [])
 
 
-def test_a_model_job_that_is_not_a_dependency_is_refused(tmp_path, run_job):
-    with pytest.raises(PermanentError, match="model_job 'job-42': not a settled dependency"):
+def test_a_model_job_that_is_not_a_settled_job_of_this_budget_is_refused(tmp_path, run_job):
+    with pytest.raises(PermanentError, match="no settled job 'job-42'"):
         run_job(tmp_path, "robustness", {"model_job": "job-42"}, [])

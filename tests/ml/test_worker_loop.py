@@ -140,3 +140,33 @@ def test_curriculum_and_distill_run_through_the_real_worker(embedded, tmp_path, 
     arms = {m["name"].split(".")[0] for m in done["curriculum"]["metrics"] if m["name"].endswith(".macro_f1")}
     assert {"uniform", "curriculum", "random"} <= arms
     assert {a["name"] for a in done["distill"]["artifacts"]} >= {"model"}
+
+
+def test_two_budgets_side_by_side_each_test_their_own_model(embedded, tmp_path, clinc_subset, tiny_bert):
+    # Given two teams on one ledger, each with a plan baseline -> robustness,
+    # when one worker drains both queues,
+    # then each robustness job tests its own budget's baseline, never the other team's latest one.
+    ids = {}
+    for team in ("team-a", "team-b"):
+        plan = {
+            "budget": team, "total": "1.00",
+            "initiatives": [
+                {"name": "baseline", "initiative": "baseline", "rank": 1, "estimate": "0.20",
+                 "params": {**BASELINE, "steps": 20, "dataset": str(clinc_subset), "model": str(tiny_bert)}},
+                {"name": "robustness", "initiative": "robustness", "rank": 2, "estimate": "0.20",
+                 "params": {"max_rows": 30, "perturbations": "casing,keyboard", "failures_per_perturbation": 2},
+                 "after": ["baseline"]},
+            ],
+        }
+        (tmp_path / f"{team}.yaml").write_text(yaml.safe_dump(plan))
+        decisions = json.loads(embedded.ok("plan", "run", str(tmp_path / f"{team}.yaml"), "--json").stdout)
+        ids[team] = {d["name"]: d["job_id"] for d in decisions}
+    embedded.vars.update(OMP_NUM_THREADS="1", HEARTBEAT_SECONDS="1")
+    embedded.burst(timeout=600)
+
+    for team, jobs in ids.items():
+        robustness = results(embedded, jobs["robustness"])
+        assert robustness["job"]["status"] == "succeeded", robustness["job"]
+        assert robustness["job"]["params"]["model_job"] == jobs["baseline"]
+        report = next(a for a in robustness["artifacts"] if a["name"] == "report")
+        assert json.loads(open(report["uri"]).read())["model_job"] == jobs["baseline"]

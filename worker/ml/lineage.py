@@ -42,19 +42,17 @@ def save_model(model: Any, tokenizer: Any, labels: Sequence[str], spec: DataSpec
     return folder
 
 
-def model_source(ctx: Any, model_job: str = "") -> PriorResult:
-    """The settled job whose model to use: ``model_job`` if given, else the latest baseline."""
-    if model_job:
-        found = [r for r in ctx.dependencies() if r.job_id == model_job]
-        latest = ctx.latest_result("baseline")
-        found += [latest] if latest is not None and latest.job_id == model_job else []
-        if not found:
-            raise PermanentError(f"model_job {model_job!r}: not a settled dependency of this job; submit with --after {model_job}")
-        prior = found[0]
-    else:
-        prior = ctx.latest_result("baseline")
-        if prior is None:
-            raise PermanentError("no succeeded baseline job to take a model from; run baseline first or pass model_job")
+def model_source(ctx: Any, model_job: str) -> PriorResult:
+    """The settled job whose model to use: the one admission resolved into ``model_job``.
+
+    Lineage is by declaration (the job's ``model_job``, or the model among its ``after:``), settled
+    at admission; a job never falls back to another budget's or another plan's latest result.
+    """
+    if not model_job:
+        raise PermanentError("no model_job: this job was admitted without a model source; resubmit it --after the job that stores the model")
+    prior = ctx.prior(model_job)
+    if prior.status != "succeeded":
+        raise PermanentError(f"model_job {model_job} is {prior.status}; it must succeed first")
     if MODEL_ARTIFACT not in prior.artifacts:
         raise PermanentError(f"job {prior.job_id} ({prior.initiative}) stored no {MODEL_ARTIFACT!r} artifact")
     return prior
@@ -74,13 +72,6 @@ def load_model(prior: PriorResult) -> tuple[Any, Any, DataSpec, Any]:
 
 
 def report_for(ctx: Any, initiative: str, model_job: str) -> Optional[PriorResult]:
-    """The latest succeeded ``initiative`` job that evaluated ``model_job``'s model, if any."""
-    named = ctx.latest_result(initiative, model_job=model_job)
-    if named is not None:
-        return named
-    # A job submitted without model_job used the latest baseline; its report artifact says which.
-    latest = ctx.latest_result(initiative)
-    report = latest.artifacts.get("report") if latest else None
-    if report and json.loads(Path(report).read_text()).get("model_job") == model_job:
-        return latest
-    return None
+    """The ``initiative`` job among this job's dependencies that evaluated ``model_job``'s model, if any."""
+    found = [d for d in ctx.dependencies() if d.initiative == initiative and d.params.get("model_job") == model_job]
+    return found[-1] if found else None
