@@ -15,7 +15,7 @@ from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, Led
 from models.views import (
     AuditProblem,
     BudgetView,
-    InitiativeSummary,
+    ImprovementRow,
     JobView,
     _budget_view,
     _job_view,
@@ -119,35 +119,34 @@ def audit(s: Session) -> list[AuditProblem]:
     return problems
 
 
-def initiative_summary(s: Session, *, budget: Optional[str] = None) -> list[InitiativeSummary]:
-    """Per initiative: jobs, money charged, and the improvement it bought (the `improvement` metric)."""
-    jobs = select(Job.id, Job.initiative, Job.status, Job.charged_micros)
-    if budget:
-        jobs = jobs.join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget)
-    jobs = jobs.subquery()
-    last_improvement = (
-        select(Metric.job_id, func.max(Metric.id).label("metric_id"))
-        .where(Metric.name == "improvement", Metric.slice.is_(None))
-        .group_by(Metric.job_id)
-        .subquery()
-    )
-    rows = s.execute(
-        select(jobs.c.initiative, jobs.c.status, jobs.c.charged_micros, Metric.value)
-        .select_from(jobs)
-        .outerjoin(last_improvement, last_improvement.c.job_id == jobs.c.id)
-        .outerjoin(Metric, Metric.id == last_improvement.c.metric_id)
+SUMMARY_METRICS = ("improvement", "improvement.ci_low", "improvement.ci_high", "overall.accuracy_delta",
+                   "overall.macro_f1_delta", "tradeoff")
+
+
+def improvement_rows(s: Session, *, budget: str) -> list[ImprovementRow]:
+    """Every job of ``budget`` with what it cost and, if it logged them, its summary metrics."""
+    jobs = s.execute(
+        select(Job.id, Job.initiative, Job.status, Job.charged_micros, Job.idempotency_key)
+        .join(Budget, Budget.id == Job.budget_id)
+        .where(Budget.name == budget)
+        .order_by(Job.created_at, Job.rank)
     ).all()
-    summary: dict[str, dict[str, Any]] = {}
-    for initiative, status, charged, improvement in rows:
-        acc = summary.setdefault(initiative, {"jobs": 0, "succeeded": 0, "charged": 0, "improvement": None})
-        acc["jobs"] += 1
-        acc["charged"] += charged
-        if status == "succeeded":
-            acc["succeeded"] += 1
-            if improvement is not None:
-                acc["improvement"] = (acc["improvement"] or 0.0) + improvement
-    out = [InitiativeSummary(k, v["jobs"], v["succeeded"], v["charged"], v["improvement"]) for k, v in summary.items()]
-    return sorted(out, key=lambda r: (r.improvement_per_dollar is None, -(r.improvement_per_dollar or 0), r.initiative))
+    values: dict[str, dict[str, float]] = {}
+    found = s.execute(
+        select(Metric.job_id, Metric.name, Metric.value)
+        .join(Job, Job.id == Metric.job_id)
+        .join(Budget, Budget.id == Job.budget_id)
+        .where(Budget.name == budget, Metric.name.in_(SUMMARY_METRICS), Metric.slice.is_(None), Metric.step.is_(None))
+        .order_by(Metric.id)
+    )
+    for job_id, name, value in found:
+        values.setdefault(job_id, {})[name] = value  # the last one logged wins
+    return [ImprovementRow(j.id, j.initiative, j.status, j.charged_micros, j.idempotency_key, values.get(j.id, {})) for j in jobs]
+
+
+def latest_budget(s: Session) -> Optional[str]:
+    """The most recently created budget's name, if any."""
+    return s.scalar(select(Budget.name).order_by(Budget.created_at.desc(), Budget.id.desc()).limit(1))
 
 
 def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:

@@ -103,18 +103,15 @@ class AuditProblem:
 
 
 @dataclass(frozen=True)
-class InitiativeSummary:
-    initiative: str
-    jobs: int
-    succeeded: int
-    charged_micros: int
-    improvement: Optional[float]  # sum over succeeded jobs of their `improvement` metric
+class ImprovementRow:
+    """One job as the improvement summary reads it: its cost, and the summary metrics it logged."""
 
-    @property
-    def improvement_per_dollar(self) -> Optional[float]:
-        if self.improvement is None or self.charged_micros == 0:
-            return None
-        return self.improvement / (self.charged_micros / 1_000_000)
+    job_id: str
+    initiative: str
+    status: str
+    charged_micros: int
+    idempotency_key: Optional[str]
+    metrics: dict[str, float]
 
 
 def _budget_view(b: Budget) -> BudgetView:

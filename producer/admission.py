@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import specs
+from specs.datasets import check_dataset
 from core.errors import BudgetExhausted, InvalidInput, NotFound
 from core.money import format_micros
 from core.queue import publish_after_commit
@@ -33,6 +34,7 @@ def submit(
     """Admit one job and publish it once committed. Returns ``(job, created)``."""
     spec = specs.get(initiative, settings.extra_initiatives)
     parsed = specs.params_to_json(specs.parse_params(initiative, params, settings.extra_initiatives))
+    check_dataset(parsed)
     with store.session() as s:
         parsed, after = with_model_source(s, spec, budget=budget, params=parsed, after=list(after), extra=settings.extra_initiatives)
         job, created = ledger.admit_job(

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
 
 from models import ledger, queries
 from models.db import Ledger
-from core.errors import BudgetqError, InvalidInput
+from core.errors import BudgetqError, InvalidInput, NotFound
 from core.money import format_micros, parse_dollars
 from core.settings import Settings, load_settings, mask_url
 from producer import render
@@ -279,29 +279,31 @@ def reap(as_json: bool = JSON) -> None:
 @app.command("results")
 def results(
     job: Optional[str] = typer.Option(None, help="One job's metrics and artifacts."),
-    budget: Optional[str] = typer.Option(None, help="Only this budget's jobs."),
+    budget: Optional[str] = typer.Option(None, help="The budget to summarise (default: the latest one created)."),
     as_json: bool = JSON,
 ) -> None:
-    """Which initiative bought the most improvement per dollar; or one job's results."""
-    _, store = _open()
+    """Which initiative bought the most improvement per dollar, per unit; or one job's results."""
+    from producer.summary import as_json as group_json
+    from producer.summary import summarize
+
+    settings, store = _open()
     with store.session() as s:
         if job:
             view = queries.get_job(s, job_id=job)
             metrics, artifacts = queries.job_results(s, job_id=job)
             failures = queries.job_failures(s, job_id=job)
         else:
-            summary = queries.initiative_summary(s, budget=budget)
+            budget = budget or queries.latest_budget(s)
+            if budget is None:
+                raise NotFound("no budget yet; create one with `budgetq budget create NAME --total 1.00`")
+            queries.get_budget(s, name=budget)  # NotFound names the fix
+            groups = summarize(queries.improvement_rows(s, budget=budget), settings.extra_initiatives)
     if job:
         _job_results(view, metrics, artifacts, failures, as_json)
     elif as_json:
-        emit_json([{**r.__dict__, "charged": format_micros(r.charged_micros), "improvement_per_dollar": r.improvement_per_dollar} for r in summary])
+        emit_json({"budget": budget, "groups": [group_json(g) for g in groups]})
     else:
-        table("improvement per dollar", ["initiative", "jobs", "succeeded", "charged", "improvement", "per $"], [
-            [r.initiative, r.jobs, r.succeeded, format_micros(r.charged_micros),
-             "" if r.improvement is None else f"{r.improvement:.4g}",
-             "" if r.improvement_per_dollar is None else f"{r.improvement_per_dollar:.4g}"]
-            for r in summary
-        ])
+        render.improvement_tables(budget, groups)
 
 
 def _job_results(view, metrics, artifacts, failures, as_json: bool) -> None:

@@ -14,7 +14,8 @@ from core.money import format_micros
 from core.settings import Settings
 from producer.admission import run_plan
 from producer.plan import Plan, load_plan
-from producer.render import say, table
+from producer.render import improvement_tables, say, table
+from producer.summary import summarize
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -39,7 +40,7 @@ def _report(store: Ledger, budget: str) -> None:
     with store.session() as s:
         jobs = sorted(queries.list_jobs(s, budget=budget), key=lambda j: j.rank)
         results = {j.id: queries.job_results(s, job_id=j.id)[0] for j in jobs}
-        summary = queries.initiative_summary(s, budget=budget)
+        groups = summarize(queries.improvement_rows(s, budget=budget))
         view = queries.get_budget(s, name=budget)
     rows = []
     for job in jobs:
@@ -47,10 +48,7 @@ def _report(store: Ledger, budget: str) -> None:
         wall = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else None
         rows.append([job.initiative, job.status, format_micros(job.charged_micros), "" if wall is None else f"{wall:.1f}s", headline])
     table(f"demo: budget {budget}", ["initiative", "status", "charged", "wall", "impact"], rows)
-    table("improvement per dollar", ["initiative", "charged", "improvement", "per $"], [
-        [r.initiative, format_micros(r.charged_micros), "" if r.improvement is None else f"{r.improvement:.4g}",
-         "" if r.improvement_per_dollar is None else f"{r.improvement_per_dollar:.4g}"] for r in summary
-    ])
+    improvement_tables(budget, groups)
     say(f"spent {format_micros(view.spent_micros)} of {format_micros(view.total_micros)}; {format_micros(view.left_micros)} left")
 
 

@@ -32,6 +32,7 @@ import yaml
 from core.errors import InvalidInput
 from core.money import parse_dollars
 import specs
+from specs.datasets import check_dataset
 
 TOP_KEYS = {"name", "budget", "total", "initiatives", "max_attempts"}
 ENTRY_KEYS = {"name", "initiative", "rank", "estimate", "queue", "params", "after", "max_attempts", "seeds"}
@@ -113,6 +114,7 @@ def _entry(where: str, raw: Any, extra_initiatives: str) -> PlanEntry:
         raise InvalidInput(f"{where}: `params` must be a mapping")
     try:
         parsed = specs.parse_params(initiative, params, extra_initiatives)
+        check_dataset(specs.params_to_json(parsed))
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc}") from None
     after = raw.get("after") or []

@@ -75,3 +75,26 @@ def _default(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def improvement_tables(budget: str, groups: list) -> None:
+    """One table per unit, ranked by improvement per dollar; then what bought no improvement metric."""
+    from producer.summary import describe
+
+    by_unit: dict = {}
+    for g in groups:
+        by_unit.setdefault(g.unit, []).append(g)
+    for unit, members in by_unit.items():
+        if unit is None:
+            continue
+        rows = [[g.group, g.initiative, f"{g.succeeded}/{g.jobs}", format_micros(g.charged_micros), describe(g.improvement),
+                 describe(g.accuracy_delta), describe(g.macro_f1_delta),
+                 "" if g.per_dollar is None else f"{g.per_dollar:.4g}", "traded off" if g.tradeoff else ""]
+                for g in members]
+        table(f"budget {budget}: improvement per dollar in {unit.label} (ranked within this unit only)",
+              ["entry", "initiative", "succeeded", "charged", f"improvement ({unit.label})", "accuracy Δ (pts)",
+               "macro-F1 Δ (pts)", "per $", "flag"], rows)
+    plain = by_unit.get(None, [])
+    if plain:
+        table(f"budget {budget}: jobs with no improvement metric", ["entry", "initiative", "succeeded", "charged"],
+              [[g.group, g.initiative, f"{g.succeeded}/{g.jobs}", format_micros(g.charged_micros)] for g in plain])

@@ -24,6 +24,8 @@ PLANS = {
     "unknown_initiative": "budget: b\ninitiatives: [{initiative: telepathy, rank: 1, estimate: '0.01'}]\n",
     "bad_param": "budget: b\ninitiatives: [{initiative: calibrate, rank: 1, estimate: '0.01', params: {seconds: fast}}]\n",
     "rank_not_int": "budget: b\ninitiatives: [{initiative: calibrate, rank: first, estimate: '0.01'}]\n",
+    "missing_dataset": "budget: b\ninitiatives: [{initiative: baseline, rank: 1, estimate: '0.01', params: {dataset: nowhere/data}}]\n",
+    "no_slice_column": "budget: b\ninitiatives: [{initiative: baseline, rank: 1, estimate: '0.01', params: {dataset: '@tmp/plain'}}]\n",
     "over_budget": textwrap.dedent("""\
         budget: b
         initiatives:
@@ -69,6 +71,13 @@ CASES = [
         ("rank_not_int", "`rank` must be an integer"),
     ]],
     (["plan", "run", "over_budget.yaml"], EXHAUSTED, "nothing was admitted"),
+    (["submit", "baseline", "--budget", "b", "--estimate", "0.01", "--param", "dataset=nowhere/data"], BAD_INPUT, "no such folder"),
+    (["submit", "baseline", "--budget", "b", "--estimate", "0.01", "--param", "dataset=@tmp/plain"], BAD_INPUT,
+     "set slice_column: label"),
+    (["submit", "baseline", "--budget", "b", "--estimate", "0.01", "-p", "dataset=@tmp/plain", "-p", "slice_column=topic"],
+     BAD_INPUT, "no slice column 'topic'"),
+    (["plan", "run", "missing_dataset.yaml", "--dry-run"], BAD_INPUT, "no such folder"),
+    (["plan", "run", "no_slice_column.yaml", "--dry-run"], BAD_INPUT, "no slice column 'domain'"),
 ]
 
 
@@ -82,7 +91,9 @@ def snapshot(db_path) -> dict[str, list]:
 def seeded(embedded, tmp_path):
     embedded.ok("budget", "create", "b", "--total", "1.00")
     for name, text in PLANS.items():
-        (tmp_path / f"{name}.yaml").write_text(text)
+        (tmp_path / f"{name}.yaml").write_text(text.replace("@tmp", str(tmp_path)))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "train.jsonl").write_text('{"text": "book a flight", "label": "book_flight"}\n')
     return embedded
 
 
@@ -90,7 +101,7 @@ def seeded(embedded, tmp_path):
 def test_bad_input_gets_one_clear_line_a_distinct_code_and_changes_nothing(seeded, tmp_path, args, code, says):
     db = seeded.vars["DATABASE_URL"].split("///", 1)[1]
     before = snapshot(db)
-    args = [str(tmp_path / a) if a.endswith(".yaml") else a for a in args]
+    args = [str(tmp_path / a) if a.endswith(".yaml") else a.replace("@tmp", str(tmp_path)) for a in args]
     done = seeded.cli(*args)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == code, done.stderr

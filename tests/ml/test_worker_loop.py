@@ -59,7 +59,11 @@ def test_the_plan_runs_the_loop_in_order_and_augment_targets_the_worst_ranked_sl
     assert report["count"] == failures and all(f["expected"] != f["predicted"] for f in report["first"])
 
     summary = json.loads(embedded.ok("results", "--budget", "ml", "--json").stdout)
-    assert {row["initiative"] for row in summary} == {"baseline", "robustness", "augment"}
+    assert summary["budget"] == "ml"
+    units = {row["initiative"]: row["unit"] for row in summary["groups"]}
+    assert units == {"baseline": None, "robustness": None, "augment": "f1_points"}
+    augment_row = next(row for row in summary["groups"] if row["initiative"] == "augment")
+    assert augment_row["improvement"]["mean"] == next(m["value"] for m in augment["metrics"] if m["name"] == "improvement")
     assert json.loads(embedded.ok("budget", "audit", "--json").stdout)["ok"]
 
 
