@@ -65,6 +65,9 @@ class JobContext(Protocol):
     def log_failures(self, rows: Iterable[FailureRow]) -> None:
         """Record mispredictions for the failure report."""
 
+    def warn(self, message: str) -> None:
+        """Record a one-line warning about this job (a fallback it took, data it had to fix up)."""
+
     def save_artifact(self, name: str, path: Path) -> str:
         """Copy a file or folder into the artifact store; return its stored path."""
 

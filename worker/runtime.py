@@ -94,6 +94,7 @@ class WorkerContext:
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
         self.artifacts: list[views.ArtifactRow] = []
+        self.warnings: list[str] = []
 
     # The folders are made when a payload first asks for them: most jobs never do.
     @property
@@ -113,6 +114,11 @@ class WorkerContext:
 
     def log_failures(self, rows) -> None:
         self.failures.extend(rows)
+
+    def warn(self, message: str) -> None:
+        # Kept for the settlement; until the ledger stores warnings they go to the worker's log.
+        log.warning("job %s: %s", self.job_id, message)
+        self.warnings.append(message)
 
     def save_artifact(self, name: str, path: Path) -> str:
         dest = self.settings.artifact_dir / self.job_id / str(self.attempt) / name

@@ -45,6 +45,7 @@ class InProcessContext:
             folder.mkdir(parents=True, exist_ok=True)
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
+        self.warnings: list[str] = []
         self.artifacts: dict[str, str] = {}
         self.history = history
         self.stop_after_steps, self.stop_checks = stop_after_steps, 0
@@ -54,6 +55,9 @@ class InProcessContext:
 
     def log_failures(self, rows) -> None:
         self.failures.extend(rows)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
 
     def save_artifact(self, name: str, path: Path) -> str:
         target = self.artifact_dir / name
