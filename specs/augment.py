@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from specs.training import check_schedule
+
 AUGMENTERS = ("char_noise", "word_noise", "synonym", "style", "contextual")
 
 
@@ -18,7 +20,8 @@ class Params:
     variants: int = 2  # per training text and augmenter
     augmenters: tuple[str, ...] = ("char_noise", "word_noise", "synonym", "style")
     mlm_path: str = ""  # a masked LM folder or hub id; given, contextual substitution joins the augmenters
-    steps: int = 300
+    steps: int = 0  # > 0: exactly this many steps per arm, no early stopping
+    epochs: int = 20  # the cap, in epochs of the augmented data, shared by both arms
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 5e-5  # lower than baseline's: this continues from a fine-tuned model
@@ -26,6 +29,9 @@ class Params:
     seed: int = 0
     max_length: int = 64
     checkpoint_every: int = 100
+    eval_every: int = 0  # 0: once per epoch of the original data, in both arms
+    patience: int = 3
+    min_delta: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.augmenters) - set(AUGMENTERS))
@@ -33,6 +39,7 @@ class Params:
             raise ValueError(f"unknown augmenters {unknown}; choose from {', '.join(AUGMENTERS)}")
         if "contextual" in self.augmenters and not self.mlm_path:
             raise ValueError("the contextual augmenter needs mlm_path")
-        for name in ("k", "variants", "steps", "batch_size", "grad_accum", "checkpoint_every"):
+        for name in ("k", "variants"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        check_schedule(self)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from specs.training import check_schedule
+
 ARMS = ("uniform", "curriculum", "random")
 
 
 @dataclass(frozen=True)
 class Params:
     dataset: str = "clinc150"
-    variant: str = "full"
+    variant: str = "full"  # clinc150 only: full, small, imbalanced or 10shot
     slice_column: str = "domain"
     model: str = ""  # local folder or hub id; empty: the pretrained MiniLM-L6
-    steps: int = 300
+    steps: int = 0  # > 0: exactly this many steps per arm, no early stopping
+    epochs: int = 40  # the cap when steps is 0, as baseline's
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-4
@@ -29,18 +32,20 @@ class Params:
     anneal: str = "linear"  # linear or cosine, in log(s), from s_max down to 1
     anneal_fraction: float = 0.5  # share of the steps after which sampling is uniform
     quantile_every: int = 10  # log the loss distribution every this many steps
-    eval_every: int = 25  # score the validation split every this many steps
+    eval_every: int = 0  # score the validation split every this many steps; 0: as baseline
+    patience: int = 3
+    min_delta: float = 0.0
     target_accuracy: float = 0.8  # validation accuracy whose first crossing gives steps_to_target
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "quantile_every", "eval_every", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        check_schedule(self)
+        if self.quantile_every < 1:
+            raise ValueError("quantile_every must be at least 1")
         if self.s_max < 1:
             raise ValueError("s_max must be at least 1 (1 is uniform sampling)")
         if self.anneal not in ("linear", "cosine"):
             raise ValueError("anneal must be linear or cosine")
-        if not 0 < self.anneal_fraction <= 1 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError("anneal_fraction must be in (0, 1] and warmup_ratio in [0, 1)")
+        if not 0 < self.anneal_fraction <= 1:
+            raise ValueError("anneal_fraction must be in (0, 1]")
         if not 0 < self.target_accuracy <= 1:
             raise ValueError("target_accuracy must be in (0, 1]")

@@ -41,7 +41,7 @@ def validate_template(template: object, *, max_chars: int = MAX_CHARS) -> str:
 @dataclass(frozen=True)
 class Params:
     dataset: str = "clinc150"  # clinc150, hf:NAME[:CONFIG], or a folder of train/val/test files
-    variant: str = "full"  # clinc150 only: full, small or imbalanced
+    variant: str = "full"  # clinc150 only: full, small, imbalanced or 10shot
     slice_column: str = "domain"
     # The first is the baseline that `improvement` is measured against. On the CLI commas separate them.
     seed_templates: tuple[str, ...] = ("a request about {label}",)

@@ -111,4 +111,7 @@ def test_a_curriculum_job_compares_three_arms_at_equal_steps(tmp_path, clinc_sub
         assert {f"{arm}.macro_f1", f"{arm}.wall_s", f"{arm}.target_reached", f"{arm}.train_loss_mean"} <= {m.name for m in ctx.metrics}
         accuracy[arm] = ctx.values(f"{arm}.accuracy")[0].value
     assert ctx.values("improvement")[0].value == pytest.approx(100 * (accuracy["curriculum"] - accuracy["uniform"]))
+    assert ctx.values("overall.accuracy_delta")[0].value == pytest.approx(ctx.values("improvement")[0].value)
+    low, high = ctx.values("improvement.ci_low")[0].value, ctx.values("improvement.ci_high")[0].value
+    assert low <= ctx.values("improvement")[0].value <= high and ctx.values("tradeoff")
     assert (tmp_path / "artifacts" / ctx.job_id / "model" / "model.safetensors").is_file()

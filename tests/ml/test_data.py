@@ -43,7 +43,46 @@ def test_a_folder_without_val_gets_a_seeded_validation_split_carved_from_train(t
     dataset = load_folder(folder_with(tmp_path))
     assert dataset.labels == ("balance", "book_flight")
     assert len(dataset.train) + len(dataset.val) == 3 and len(dataset.val) == 1
-    assert dataset.test.slices == ("travel",)
+    assert dataset.test.slices == ("travel",) and dataset.val_carved
+    # book_flight has a single training row: it stays in train rather than leave the class untrained.
+    assert dataset.val.labels == ("balance",) and "book_flight" in dataset.train.labels
+
+
+def test_a_carved_validation_split_holds_ten_percent_of_every_label(tmp_path):
+    rows = [{"text": f"{label} query {i}", "label": label, "domain": "d"} for label, n in (("a", 50), ("b", 20), ("c", 10))
+            for i in range(n)]
+    dataset = load_folder(folder_with(tmp_path, train=rows, test=[{"text": "x", "label": "a", "domain": "d"}]), seed=4)
+    assert {label: dataset.val.labels.count(label) for label in "abc"} == {"a": 5, "b": 2, "c": 1}
+    assert load_folder(tmp_path, seed=4).val == dataset.val and load_folder(tmp_path, seed=5).val != dataset.val
+    assert not set(dataset.val.texts) & set(dataset.train.texts)
+
+
+def test_a_job_on_a_carved_validation_split_logs_it_and_warns(tmp_path, clinc_subset, tiny_bert, run_job):
+    import shutil
+
+    folder = tmp_path / "no_val"
+    shutil.copytree(clinc_subset, folder)
+    (folder / "val.jsonl").unlink()
+    params = {"dataset": str(folder), "model": str(tiny_bert), "steps": 2, "latency_samples": 2}
+    ctx = run_job(tmp_path / "jobs", "baseline", params, [])
+    assert ctx.values("data.val_carved")[0].value == 1.0
+    assert ctx.warnings == ["validation split carved from train: 10% per label, stratified"]
+    with_val = run_job(tmp_path / "jobs", "baseline", {**params, "dataset": str(clinc_subset)}, [])
+    assert with_val.values("data.val_carved")[0].value == 0.0 and with_val.warnings == []
+
+
+def test_a_dataset_without_its_slice_column_says_which_columns_it_has_and_what_to_set(tmp_path):
+    bare = [{"text": r["text"], "label": r["label"]} for r in TRAIN]
+    message = error_of(folder_with(tmp_path, train=bare))
+    assert message.endswith("train.jsonl: no row has the slice column 'domain' (columns: text, label); "
+                            "set slice_column: label, or a column that exists")
+
+
+def test_slice_column_label_makes_every_intent_its_own_slice(tmp_path):
+    bare = [{"text": r["text"], "label": r["label"]} for r in TRAIN]
+    dataset = load_folder(folder_with(tmp_path, train=bare, test=[{"text": "flights to paris", "label": "book_flight"}]),
+                          slice_column="label")
+    assert dataset.train.slices == dataset.train.labels and dataset.test.slices == ("book_flight",)
 
 
 def test_out_of_scope_rows_are_kept_apart_from_the_in_scope_splits(tmp_path):
@@ -119,6 +158,18 @@ def test_hf_datasets_without_the_datasets_package_say_how_to_install_it(monkeypa
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
     with pytest.raises(PermanentError, match=r"hf:clinc_oos:plus: the `datasets` package is not installed"):
         load_dataset("hf:clinc_oos:plus")
+
+
+def test_clinc150_10shot_keeps_the_same_10_training_rows_per_intent_for_every_seed(clinc150_dir, monkeypatch):
+    monkeypatch.setenv("CLINC150_DIR", str(clinc150_dir))
+    shots, other_seed = load_dataset("clinc150", variant="10shot"), load_dataset("clinc150", variant="10shot", seed=9)
+    full = load_dataset("clinc150", variant="full")
+    assert len(shots.labels) == 150 and {shots.train.labels.count(label) for label in shots.labels} == {10}
+    assert shots.train == other_seed.train and set(shots.train.texts) <= set(full.train.texts)
+    assert (shots.val, shots.test, shots.oos_test) == (full.val, full.test, full.oos_test)
+    assert shots.name == "clinc150/10shot"
+    with pytest.raises(PermanentError, match="unknown variant '5shot'; known: full, small, imbalanced, 10shot"):
+        load_dataset("clinc150", variant="5shot")
 
 
 def test_clinc150_loads_offline_from_the_folder_named_by_CLINC150_DIR(clinc150_dir, monkeypatch):

@@ -10,7 +10,7 @@ from core.errors import BudgetStop
 
 BASELINE = {"steps": 40, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 40, "latency_samples": 3}
 DISTILL = {"layers": 1, "sample_fraction": 0.25, "batch_size": 16, "lr": 5e-3, "latency_samples": 3,
-           "speed_rounds": 2}
+           "speed_rounds": 2, "epochs": 12, "patience": 2}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,26 @@ def test_the_student_is_smaller_and_both_are_measured_side_by_side(distilled):
     assert value(distilled, "improvement") == value(distilled, "throughput_ratio") == pytest.approx(speed["student"] / speed["teacher"])
 
 
-def test_one_epoch_over_the_stratified_sample(distilled):
+def test_the_speed_gain_is_logged_with_the_accuracy_it_cost_and_no_bootstrap_interval(distilled):
+    for name in ("accuracy", "macro_f1"):
+        delta = 100 * (value(distilled, name) - value(distilled, f"teacher.{name}"))
+        assert value(distilled, f"overall.{name}_delta") == pytest.approx(delta)
+    worse = min(value(distilled, "overall.accuracy_delta"), value(distilled, "overall.macro_f1_delta")) < 0
+    assert value(distilled, "tradeoff") == float(value(distilled, "improvement") > 1 and worse)
+    assert not distilled.values("improvement.ci_low")  # a speed ratio is not a test-set metric
+
+
+def test_the_student_trains_on_the_stratified_sample_until_validation_stops_improving(distilled):
     rows = value(distilled, "distill.train_rows")
     assert rows == 100  # a quarter of 40 rows for each of 10 intents
-    assert len(distilled.values("distill.loss")) == rows // DISTILL["batch_size"] + 1
+    per_epoch = 7  # 100 rows in batches of 16
+    steps = value(distilled, "distill.steps")
+    assert len(distilled.values("distill.loss")) == steps <= DISTILL["epochs"] * per_epoch
+    assert value(distilled, "distill.epochs_run") == pytest.approx(steps / per_epoch)
+    validated = [m.step for m in distilled.values("distill.val_macro_f1")]
+    assert validated == list(range(per_epoch, int(steps) + 1, per_epoch))  # once per epoch
+    assert value(distilled, "distill.stopped_early") == 1.0  # the tiny student plateaus well before 12 epochs
+    assert steps == value(distilled, "distill.best_step") + DISTILL["patience"] * per_epoch
 
 
 def test_the_student_loads_and_evaluates_through_the_baseline_load_path(distilled):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import PermanentError
+from worker.ml.data import load_folder
 
 # A 1-layer, 64-wide BERT learns the 10 intents to ~0.9 accuracy in 150 steps at this rate.
 BASELINE = {"steps": 150, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 50, "latency_samples": 5}
@@ -89,11 +90,58 @@ def test_augment_compares_equal_compute_arms_and_logs_improvement_in_points(chai
     assert (Path(augment.artifacts["model"]) / "model.safetensors").is_file()
 
 
-def test_without_a_robustness_report_augment_targets_the_lowest_f1_slices(chain, tmp_path, run_job):
+def test_augment_logs_the_standard_improvement_rows_beside_the_cost_outside_its_targets(chain):
+    _, _, augment = chain
+    value = {m.name: m.value for m in augment.metrics if m.slice is None and m.step is None}
+    assert value["improvement.ci_low"] <= value["improvement"] <= value["improvement.ci_high"]
+    for name in ("accuracy", "macro_f1"):
+        assert value[f"overall.{name}_delta"] == pytest.approx(100 * (value[f"augmented.{name}"] - value[f"control.{name}"]))
+    gained, lost = value["improvement"] > 0, min(value["overall.accuracy_delta"], value["overall.macro_f1_delta"]) < 0
+    assert value["tradeoff"] == float(gained and lost)
+    assert "rest.accuracy_delta" in value
+    # Targeted F1 counted on the targeted rows only can only be as high or higher: it ignores false positives.
+    for arm in ("control", "augmented"):
+        assert value[f"{arm}.targeted_f1_rows_only"] >= value[f"{arm}.targeted_f1"] - 1e-9
+
+
+def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_validation_cadence(chain, tmp_path, run_job, monkeypatch):
+    from worker.ml import evaluate
+
+    baseline, _, _ = chain
+    history = [r for r in baseline.history if r.initiative == "baseline"]  # no robustness report: rank on validation
+    reads = {"test": 0, "val": 0}
+    dataset = load_folder(Path(baseline.params["dataset"]))
+    real_infer = evaluate.infer
+
+    def counting_infer(model, tokenizer, texts, **kw):
+        for split in reads:
+            reads[split] += tuple(texts) == getattr(dataset, split).texts
+        return real_infer(model, tokenizer, texts, **kw)
+
+    monkeypatch.setattr(evaluate, "infer", counting_infer)
+    # Up to 2 epochs of the augmented data (400 rows + about 40 variants, batch 32: 14 steps an epoch).
+    augment = run_job(tmp_path, "augment", {"k": 1, "epochs": 2, "lr": 1e-3, "augmenters": "style"}, history)
+    kept = augment.values("aug.kept")[0].value
+    cap = 2 * -(-(400 + kept) // 32)
+    for arm in ("control", "augmented"):
+        # Both arms: the augmented data's cap, validation once per epoch of the original data (13 steps).
+        assert [m.step for m in augment.values(f"{arm}.val_macro_f1")] == [13, 26, cap][: 2 + (cap > 26)]
+        assert augment.values(f"{arm}.steps")[0].value == cap and augment.values(f"{arm}.stopped_early")[0].value == 0
+    assert reads["test"] == 3  # the stored model, the control arm, the augmented arm: once each
+    assert reads["val"] == 1 + 2 * len(augment.values("control.val_macro_f1"))  # ranking the slices, then validations
+
+
+def test_without_a_robustness_report_augment_targets_the_lowest_validation_f1_slices(chain, tmp_path, run_job):
+    from worker.ml.evaluate import infer, slice_scores
+    from worker.ml.modeling import load_saved
+
     baseline, _, _ = chain
     history = [r for r in baseline.history if r.initiative == "baseline"]
     augment = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "style", "model_job": baseline.job_id}, history)
-    f1 = {m.slice: m.value for m in baseline.values("slice_f1")}
+    dataset = load_folder(Path(baseline.params["dataset"]))
+    model, tokenizer, _ = load_saved(Path(baseline.artifacts["model"]))
+    scores = slice_scores(dataset.label_ids(dataset.val), infer(model, tokenizer, dataset.val.texts).predictions(), dataset.val.slices)
+    f1 = {name: values[0] for name, values in scores.items()}
     assert [m.slice for m in augment.values("targeted_rank")] == [min(f1, key=lambda s: (f1[s], s))]
     assert augment.values("targets_from_robustness")[0].value == 0.0
 

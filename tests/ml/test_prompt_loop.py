@@ -81,6 +81,11 @@ def test_the_top_k_are_saved_for_other_jobs_with_their_fold_spread_and_test_scor
     tested = {m.slice: m.value for m in gpt2_job.values("test_accuracy")}
     assert gpt2_job.values("improvement")[0].value == pytest.approx(100 * (tested["top1"] - tested["seed"]))
     assert gpt2_job.values("improvement_se")[0].value >= 0
+    # The standard rows: a paired bootstrap interval around it; accuracy is both the unit and the overall delta.
+    improvement = gpt2_job.values("improvement")[0].value
+    assert gpt2_job.values("improvement.ci_low")[0].value <= improvement <= gpt2_job.values("improvement.ci_high")[0].value
+    assert gpt2_job.values("overall.accuracy_delta")[0].value == pytest.approx(improvement)
+    assert gpt2_job.values("overall.macro_f1_delta") and gpt2_job.values("tradeoff")
 
 
 def test_the_spread_of_all_candidate_scores_is_logged_on_the_first_rung(gpt2_job):

@@ -1,12 +1,22 @@
 """augment: augment the model's weakest slices, retrain, and measure the gain against a fair control.
 
 The k weakest slices come from the latest robustness report on the same model (``weakness_rank``),
-else from the model's own evaluation (lowest ``slice_f1``); they are never picked by hand. Training
-texts of those slices get nlpaug variants; near-duplicates of anything already in the training set
-are dropped. Two arms continue training from the stored model for the same number of steps and
-batch size: ``control`` on the original data, ``augmented`` on original plus variants, so the
-difference between them is the augmentation and not the extra compute. ``improvement`` is the
-augmented arm's targeted-slice macro-F1 minus the control's, in points.
+else from the model's own scores on the validation split (lowest slice F1; the test split is never
+used to choose); they are never picked by hand. Training texts of those slices get nlpaug variants;
+near-duplicates of anything already in the training set are dropped. Two arms continue training
+from the stored model: ``control`` on the original data, ``augmented`` on original plus variants.
+Both share one step cap (``epochs`` over the augmented data, or ``steps`` exactly), one validation
+cadence and one stopping rule, so the difference between them is the augmentation and not the
+compute; ``<arm>.steps`` says what each used. Each arm's final model is scored once on test.
+
+``improvement`` is the augmented arm's targeted macro-F1 minus the control's, in points, where the
+targeted macro-F1 averages the F1 of the targeted slices' labels over the WHOLE test set: a row of
+another slice predicted as a targeted label is a false positive. (Counting only the targeted rows
+made it recall, and a model that dumped other rows into the targeted classes looked like a gain;
+``<arm>.targeted_f1_rows_only`` keeps that old number for comparison.) Beside it: the 95% paired
+bootstrap interval, ``overall.accuracy_delta`` / ``overall.macro_f1_delta`` and
+``rest.accuracy_delta`` (rows outside the targeted slices), all augmented minus control in points,
+and ``tradeoff`` (1 when the targeted gain came with an overall loss).
 """
 
 from __future__ import annotations
@@ -14,35 +24,41 @@ from __future__ import annotations
 from specs.augment import Params
 
 
-
-
-
-
 def run(params: Params, ctx) -> None:
     from pathlib import Path
 
+    from worker.ml.data import note_val_carved
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
     from worker.ml.modeling import load_saved
 
     source = model_source(ctx, params.model_job)
-    targets = weakest_slices(ctx, source, params.k)
     model, tokenizer, spec, dataset = load_model(source)
+    note_val_carved(ctx, dataset)
+    targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
     extra = generate(ctx, params, dataset.train, targets, tokenizer)
     ctx.log_metric("aug.kept", len(extra))
     arms = {"baseline": None, "control": dataset.train, "augmented": dataset.train.plus(extra)}
-    targeted = {}
+    predicted = {}
     for arm, train_set in arms.items():
         if train_set is not None:
             # Each arm starts from the stored model afresh; only its training data differs.
             model, tokenizer, _ = load_saved(Path(source.artifacts[MODEL_ARTIFACT]))
-            _train(model, tokenizer, dataset, train_set, params, ctx, arm)
-        targeted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
+            _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm)
+        predicted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
     ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
-    ctx.log_metric("improvement", 100 * (targeted["augmented"] - targeted["control"]))
+    _log_gain(ctx, dataset, targets, predicted["control"], predicted["augmented"], params.seed)
 
 
-def weakest_slices(ctx, source, k: int) -> list[str]:
-    """The k most error-prone slices of ``source``'s model, from robustness, else from its evaluation."""
+def _validation_scores(model, tokenizer, dataset, max_length: int) -> dict[str, float]:
+    """The stored model's F1 per slice on the validation split: what targeting ranks by without robustness."""
+    from worker.ml.evaluate import infer, slice_scores
+
+    predicted = infer(model, tokenizer, dataset.val.texts, max_length=max_length).predictions()
+    return {name: f1 for name, (f1, _, _) in slice_scores(dataset.label_ids(dataset.val), predicted, dataset.val.slices).items()}
+
+
+def weakest_slices(ctx, source, k: int, validation_f1) -> list[str]:
+    """The k most error-prone slices of ``source``'s model: from robustness, else the lowest of ``validation_f1()``."""
     from core.errors import PermanentError
     from worker.ml.lineage import report_for
 
@@ -51,10 +67,10 @@ def weakest_slices(ctx, source, k: int) -> list[str]:
     if ranks:
         chosen, basis = sorted(ranks, key=lambda s: (ranks[s], s))[:k], "robustness"
     else:
-        f1 = source.by_slice("slice_f1")
-        if not f1:
-            raise PermanentError(f"job {source.job_id}: no robustness report and no per-slice evaluation to rank slices by")
-        chosen, basis = sorted(f1, key=lambda s: (f1[s], s))[:k], "evaluation"
+        val_f1 = validation_f1()
+        if not val_f1:
+            raise PermanentError(f"job {source.job_id}: no robustness report and no validation slices to rank by")
+        chosen, basis = sorted(val_f1, key=lambda s: (val_f1[s], s))[:k], "validation"
     for rank, group in enumerate(chosen, start=1):
         ctx.log_metric("targeted_rank", rank, slice=group)
     ctx.log_metric("targets_from_robustness", 1.0 if basis == "robustness" else 0.0)
@@ -100,19 +116,50 @@ def _dedupe(candidates: list[tuple[str, str]], seen: set, tokenizer) -> list[tup
     return kept
 
 
-def _train(model, tokenizer, dataset, train_set, params: Params, ctx, arm: str) -> None:
-    from worker.ml.train import config_from, train
+def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx, arm: str) -> None:
+    """Train one arm under the plan both arms share: the augmented data's step cap, the original data's cadence."""
+    from dataclasses import replace
 
-    train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), config_from(params), ctx, run=arm)
+    from worker.ml.train import Plan, config_from, train
+
+    cfg = config_from(params)
+    if not params.steps:
+        val_rows = len(dataset.val)
+        cfg = replace(cfg, max_steps=Plan.of(cfg, len(augmented), val_rows).steps,
+                      eval_every=Plan.of(cfg, len(dataset.train), val_rows).eval_every)
+    train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=arm,
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)))
 
 
-def _evaluate_arm(ctx, model, tokenizer, dataset, targets: list[str], arm: str, max_length: int) -> float:
-    """Log the arm's test metrics under ``<arm>.``; return its targeted-slice macro-F1."""
-    from worker.ml.evaluate import classification_rows, infer, log_rows, slice_scores
+def _evaluate_arm(ctx, model, tokenizer, dataset, targets: list[str], arm: str, max_length: int):
+    """Score the arm's model once on test: its rows under ``<arm>.``, its targeted F1 both ways; return predictions."""
+    from worker.ml.evaluate import classification_rows, infer, log_rows, slice_f1_rows_only
 
-    predicted = infer(model, tokenizer, dataset.test.texts, max_length=max_length).predictions().tolist()
+    predicted = infer(model, tokenizer, dataset.test.texts, max_length=max_length).predictions()
     log_rows(ctx, classification_rows(dataset, dataset.test, predicted), prefix=f"{arm}.")
-    groups = ["targeted" if s in targets else None for s in dataset.test.slices]
-    f1 = slice_scores(dataset.label_ids(dataset.test), predicted, groups)["targeted"][0]
-    ctx.log_metric(f"{arm}.targeted_f1", f1)
-    return f1
+    truth = dataset.label_ids(dataset.test)
+    ctx.log_metric(f"{arm}.targeted_f1", _targeted_metric(dataset, targets)(truth, predicted))
+    in_targets = [s in targets for s in dataset.test.slices]
+    ctx.log_metric(f"{arm}.targeted_f1_rows_only", slice_f1_rows_only(truth, predicted, in_targets))
+    return predicted
+
+
+def _targeted_metric(dataset, targets: list[str]):
+    """Macro-F1 over the targeted slices' labels, counted on the whole test set."""
+    from worker.ml.evaluate import macro_f1, slice_labels
+
+    owned = slice_labels(dataset.label_ids(dataset.test), dataset.test.slices)
+    labels = sorted({label for group in targets for label in owned.get(group, [])})
+    return lambda truth, predicted: macro_f1(truth, predicted, labels)
+
+
+def _log_gain(ctx, dataset, targets: list[str], control, augmented, seed: int) -> None:
+    """``improvement`` with its interval, the overall deltas, the tradeoff flag and the cost on the other rows."""
+    import numpy as np
+
+    from worker.ml.evaluate import accuracy, comparison_rows, log_rows
+
+    truth = np.asarray(dataset.label_ids(dataset.test))
+    log_rows(ctx, comparison_rows(truth, control, augmented, metric=_targeted_metric(dataset, targets), seed=seed))
+    rest = np.array([s not in targets for s in dataset.test.slices])
+    ctx.log_metric("rest.accuracy_delta", 100 * (accuracy(truth[rest], augmented[rest]) - accuracy(truth[rest], control[rest])))

@@ -1,7 +1,9 @@
-"""baseline: fine-tune a classifier, store it as the ``model`` artifact, log its full evaluation.
+"""baseline: fine-tune a classifier to a validation plateau, store it as the ``model`` artifact, log its full evaluation.
 
-The evaluation (accuracy, macro-F1, per-slice F1, out-of-scope detection, latency and size) is what
-robustness and augment read back to decide where the model is weakest.
+By default training runs up to ``epochs`` epochs and stops early once validation macro-F1 stops
+improving, keeping the best weights (``worker.ml.train``); ``steps > 0`` trains exactly that many
+steps instead. The evaluation on the test split (accuracy, macro-F1, per-slice and per-class F1,
+out-of-scope detection, latency and size) is what robustness and augment read back.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ from __future__ import annotations
 from specs.baseline import Params
 
 
-
-
-
 def run(params: Params, ctx) -> None:
+    from worker.ml.data import note_val_carved
     from worker.ml.evaluate import evaluate, log_rows
     from worker.ml.lineage import DataSpec, save_model
     from worker.ml.modeling import load_classifier
@@ -20,9 +20,11 @@ def run(params: Params, ctx) -> None:
 
     spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
     dataset = spec.load()
+    note_val_carved(ctx, dataset)
     seed_everything(params.seed)  # the new classification head is drawn at random
     model, tokenizer = load_classifier(params.model, dataset.labels)
-    train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), config_from(params), ctx)
+    train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), config_from(params), ctx,
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)))
     folder = save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model")
     ctx.save_artifact("model", folder)
     log_rows(ctx, evaluate(model, tokenizer, dataset, folder=folder, max_length=params.max_length, latency_samples=params.latency_samples))

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from specs.calibrate import Params
 
+
 import time
-
-
 
 
 def run(params: Params, ctx) -> None:

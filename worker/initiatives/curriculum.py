@@ -1,12 +1,14 @@
-"""curriculum: train high-loss examples first, then anneal to uniform; compare at equal steps.
+"""curriculum: train high-loss examples first, then anneal to uniform; compare under one training plan.
 
-Three arms start from the same pretrained model and train for the same number of steps:
-``uniform`` (the plain seeded shuffle), ``curriculum`` (rank-based selection by each row's latest
-training loss, see ``worker.ml.curriculum``) and ``random`` (the same schedule and skew, with the
-losses shuffled across rows: a control for "any non-uniform sampling helps"). Every ``eval_every``
-steps each arm is scored on the validation split (evaluation, not scoring of the training set), which
-gives its steps to ``target_accuracy``. ``improvement`` is curriculum minus uniform test accuracy, in
-points. The curriculum arm's model is stored as the ``model`` artifact.
+Three arms start from the same pretrained model under the same plan (the same step cap, validation
+cadence and early stopping, or exactly ``steps`` steps each): ``uniform`` (the plain seeded
+shuffle), ``curriculum`` (rank-based selection by each row's latest training loss, see
+``worker.ml.curriculum``) and ``random`` (the same schedule and skew, with the losses shuffled
+across rows: a control for "any non-uniform sampling helps"). The annealing runs over the step cap.
+Every validation of the training loop (evaluation, not scoring of the training set) also gives the
+arm's steps to ``target_accuracy``. ``improvement`` is curriculum minus uniform test accuracy, in
+points, with its paired bootstrap interval and the overall deltas (``worker.ml.evaluate.comparison_rows``).
+The curriculum arm's model is stored as the ``model`` artifact.
 
 Each arm's loss table is saved beside its checkpoints after every step, so a resumed attempt draws
 from the losses its predecessor had measured rather than starting over with every row unseen.
@@ -17,26 +19,26 @@ from __future__ import annotations
 from specs.curriculum import ARMS, Params
 
 
-
-
-
-
 def run(params: Params, ctx) -> None:
+    from worker.ml.data import note_val_carved
+    from worker.ml.evaluate import accuracy, comparison_rows, log_rows
     from worker.ml.lineage import DataSpec, save_model
     from worker.ml.modeling import load_classifier
     from worker.ml.train import seed_everything
 
     spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
     dataset = spec.load()
-    accuracy = {}
+    note_val_carved(ctx, dataset)
+    predicted = {}
     for arm in ARMS:
         seed_everything(params.seed)  # the same random head in every arm: only the sampling differs
         model, tokenizer = load_classifier(params.model, dataset.labels)
         train_arm(model, tokenizer, dataset, arm, params, ctx)
-        accuracy[arm] = _test_arm(ctx, model, tokenizer, dataset, arm, params.max_length)
+        predicted[arm] = _test_arm(ctx, model, tokenizer, dataset, arm, params.max_length)
         if arm == "curriculum":
             ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
-    ctx.log_metric("improvement", 100 * (accuracy["curriculum"] - accuracy["uniform"]))
+    truth = dataset.label_ids(dataset.test)
+    log_rows(ctx, comparison_rows(truth, predicted["uniform"], predicted["curriculum"], metric=accuracy, seed=params.seed))
 
 
 def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
@@ -44,18 +46,21 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
     import time
 
     from worker.ml.curriculum import CurriculumSampler, LossTable, per_row_loss
-    from worker.ml.train import config_from, train
+    from worker.ml.train import Plan, config_from, train
 
+    cfg = config_from(params)
+    plan = Plan.of(cfg, len(dataset.train), len(dataset.val))
     table = LossTable.resume(_table_path(ctx, arm), len(dataset.train))
     sampler = None
     if arm != "uniform":
-        sampler = CurriculumSampler(table, batch_size=params.batch_size, steps=params.steps, grad_accum=params.grad_accum,
+        sampler = CurriculumSampler(table, batch_size=params.batch_size, steps=plan.steps, grad_accum=params.grad_accum,
                                     s_max=params.s_max, anneal=params.anneal, anneal_fraction=params.anneal_fraction,
                                     seed=params.seed, shuffled=arm == "random")
-    watch = _Watch(ctx, model, tokenizer, dataset, table, arm, params)
+    watch = _Watch(ctx, table, arm, params, plan.steps)
     start = time.perf_counter()
-    done = train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), config_from(params), ctx,
-                 run=arm, batches=sampler, loss_fn=per_row_loss(table), on_step=watch)
+    done = train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), cfg, ctx, run=arm,
+                 val=(dataset.val.texts, dataset.label_ids(dataset.val)), batches=sampler, loss_fn=per_row_loss(table),
+                 on_step=watch, on_eval=watch.validated)
     ctx.log_metric(f"{arm}.wall_s", time.perf_counter() - start)
     if done.resumed_from:
         # Wall time and the validation curve cover this attempt's steps only; the earlier attempt logged the rest.
@@ -66,32 +71,21 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
 
 
 class _Watch:
-    """The ``on_step`` hook: loss quantiles every ``quantile_every`` steps, validation every ``eval_every``."""
+    """The ``on_step`` hook (loss quantiles every ``quantile_every`` steps) and the ``on_eval`` hook
+    (the first validation that meets ``target_accuracy``; the training loop logs the scores)."""
 
-    def __init__(self, ctx, model, tokenizer, dataset, table, arm: str, params: Params) -> None:
-        self.ctx, self.model, self.tokenizer, self.dataset = ctx, model, tokenizer, dataset
-        self.table, self.arm, self.params = table, arm, params
+    def __init__(self, ctx, table, arm: str, params: Params, last_step: int) -> None:
+        self.ctx, self.table, self.arm, self.params, self.last_step = ctx, table, arm, params, last_step
         self.reached = None  # the first step whose validation accuracy met the target
 
     def __call__(self, step: int) -> None:
         self.table.tick(step)
         self.table.save(_table_path(self.ctx, self.arm))
-        last = step == self.params.steps
-        if step % self.params.quantile_every == 0 or last:
+        if step % self.params.quantile_every == 0 or step == self.last_step:
             for name, value in self.table.summary().items():
                 self.ctx.log_metric(f"{self.arm}.train_loss_{name}", value, step=step)
-        if step % self.params.eval_every == 0 or last:
-            self._validate(step)
 
-    def _validate(self, step: int) -> None:
-        import numpy as np
-
-        from worker.ml.evaluate import infer
-
-        outputs = infer(self.model, self.tokenizer, self.dataset.val.texts, max_length=self.params.max_length)
-        self.model.train()  # infer switched to eval mode; training goes on after this hook
-        accuracy = float(np.mean(outputs.predictions() == np.asarray(self.dataset.label_ids(self.dataset.val))))
-        self.ctx.log_metric(f"{self.arm}.val_accuracy", accuracy, step=step)
+    def validated(self, step: int, accuracy: float, macro_f1: float) -> None:
         if self.reached is None and accuracy >= self.params.target_accuracy:
             self.reached = step
 
@@ -103,11 +97,10 @@ def _table_path(ctx, arm: str):
     return Path(ctx.checkpoint_dir) / arm / "losses.npz"
 
 
-def _test_arm(ctx, model, tokenizer, dataset, arm: str, max_length: int) -> float:
-    """Log the arm's test accuracy, macro-F1 and per-slice F1 under ``<arm>.``; return its accuracy."""
+def _test_arm(ctx, model, tokenizer, dataset, arm: str, max_length: int):
+    """Log the arm's test accuracy, macro-F1 and per-slice F1 under ``<arm>.``; return its predictions."""
     from worker.ml.evaluate import classification_rows, infer, log_rows
 
     predicted = infer(model, tokenizer, dataset.test.texts, max_length=max_length).predictions()
-    rows = classification_rows(dataset, dataset.test, predicted)
-    log_rows(ctx, rows, prefix=f"{arm}.")
-    return next(r.value for r in rows if r.name == "accuracy")
+    log_rows(ctx, classification_rows(dataset, dataset.test, predicted), prefix=f"{arm}.")
+    return predicted

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 from specs.prompt_loop import Params
 
+
 from dataclasses import dataclass, field
 
 from core.errors import InvalidInput, PermanentError
-
-
-
 
 
 @dataclass
@@ -40,10 +38,11 @@ class Candidate:
 def run(params: Params, ctx) -> None:
     import random
 
-    from worker.ml.data import load_dataset
+    from worker.ml.data import load_dataset, note_val_carved
     from worker.ml.prompt_search import CausalLM, Evaluator, build_scorer, rung_sizes
 
     dataset = load_dataset(params.dataset, variant=params.variant, slice_column=params.slice_column, seed=params.seed)
+    note_val_carved(ctx, dataset)
     texts, gold = _validation_rows(dataset, params)
     scorer, scorer_lm = build_scorer(params.scorer, params.scorer_model, dataset.labels,
                                      batch_size=params.batch_size, max_length=params.max_length)
@@ -63,7 +62,7 @@ def run(params: Params, ctx) -> None:
     search.log_spread()
     folds = search.log_folds(top)
     # A spent reservation, a cancel or a lost lease: keep what was measured, spend nothing more.
-    tested = {} if search.stopped else _test(ctx, dataset, scorer, search.candidates[0], top)
+    tested = {} if search.stopped else _test(ctx, dataset, scorer, search.candidates[0], top, bootstrap_seed=params.seed)
     _save(ctx, params, search, top, folds, tested)
 
 
@@ -211,20 +210,28 @@ def _named(seed: Candidate, top: list[Candidate]) -> list[tuple[str, Candidate]]
     return [("seed", seed)] + [(f"top{rank}", c) for rank, c in enumerate(top, start=1)]
 
 
-def _test(ctx, dataset, scorer, seed: Candidate, top: list[Candidate]) -> dict[int, float]:
-    """Test accuracy of the seed and the top-k: the only read of the test split."""
+def _test(ctx, dataset, scorer, seed: Candidate, top: list[Candidate], *, bootstrap_seed: int) -> dict[int, float]:
+    """Test accuracy of the seed and the top-k: the only read of the test split.
+
+    ``improvement`` (best minus seed, points) comes with its paired bootstrap interval and the
+    overall deltas of ``comparison_rows``; ``improvement_se`` is the paired standard error.
+    """
     import numpy as np
+
+    from worker.ml.evaluate import accuracy, comparison_rows, log_rows
 
     test = dataset.test
     gold = np.array(dataset.label_ids(test))
     unique = {c.index: c for _, c in _named(seed, top)}  # the seed may be among the top-k: score it once
-    correct = {index: np.array(scorer.predict(c.template, test.texts)) == gold for index, c in unique.items()}
+    predicted = {index: np.array(scorer.predict(c.template, test.texts)) for index, c in unique.items()}
+    correct = {index: p == gold for index, p in predicted.items()}
     for name, candidate in _named(seed, top):
         ctx.log_metric("test_accuracy", float(correct[candidate.index].mean()), slice=name, step=candidate.index)
     if top:
+        log_rows(ctx, comparison_rows(gold, predicted[seed.index], predicted[top[0].index], metric=accuracy,
+                                      seed=bootstrap_seed))
         # Paired on the same queries: the standard error of the mean per-query difference.
         diff = correct[top[0].index].astype(float) - correct[seed.index]
-        ctx.log_metric("improvement", 100 * float(diff.mean()))
         ctx.log_metric("improvement_se", 100 * float(diff.std(ddof=1) / np.sqrt(len(diff))))
     return {index: float(c.mean()) for index, c in correct.items()}
 

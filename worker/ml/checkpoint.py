@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``step-000120/`` holding the model weights, the optimizer's tensors,
 the RNG states and ``state.json`` (step, optimizer hyperparameters, scheduler, grad scaler, Python
-and NumPy RNG). It is written under a temporary name and renamed, so a preempted write never
+and NumPy RNG), plus whatever the loop adds: JSON under ``extra`` and tensors in ``extra.safetensors``
+(early stopping's state and best weights). It is written under a temporary name and renamed, so a preempted write never
 leaves a half checkpoint that a resumed attempt would trust.
 """
 
@@ -24,8 +25,12 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, keep: int = 2) -> Path:
-    """Write the full training state at ``step`` and drop all but the ``keep`` newest checkpoints."""
+def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, keep: int = 2,
+                    extra: Optional[dict[str, Any]] = None, tensors: Optional[dict[str, Any]] = None) -> Path:
+    """Write the full training state at ``step`` and drop all but the ``keep`` newest checkpoints.
+
+    ``extra`` (JSON-able) and ``tensors`` (name -> tensor) travel with it; ``load_extra`` reads them back.
+    """
     from safetensors.torch import save_file, save_model
 
     final = folder / f"step-{step:06d}"
@@ -36,6 +41,8 @@ def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, sche
     optim_tensors, optim_json = _split_optimizer_state(optimizer.state_dict())
     save_file(optim_tensors, str(partial / "optimizer.safetensors"))
     save_file(_torch_rng_state(), str(partial / "rng.safetensors"))
+    if tensors:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial / "extra.safetensors"))
     state = {
         "step": step,
         "optimizer": optim_json,
@@ -43,6 +50,7 @@ def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, sche
         "scaler": scaler.state_dict() if scaler is not None else None,
         "python_rng": _python_rng_state(),
         "numpy_rng": _numpy_rng_state(),
+        "extra": extra or {},
     }
     (partial / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
@@ -64,6 +72,15 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any, s
         scaler.load_state_dict(state["scaler"])
     _restore_rng(load_file(str(path / "rng.safetensors")), state)
     return int(state["step"])
+
+
+def load_extra(path: Path) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """(extra JSON, extra tensors or None) saved with the checkpoint at ``path``."""
+    from safetensors.torch import load_file
+
+    extra = json.loads((path / "state.json").read_text()).get("extra", {})
+    tensors = path / "extra.safetensors"
+    return extra, (load_file(str(tensors)) if tensors.is_file() else None)
 
 
 def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from worker.context import MetricRow
 from worker.ml.data import Dataset, Examples
@@ -57,35 +57,137 @@ def infer(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int =
 
 
 def classification_rows(dataset: Dataset, examples: Examples, predicted: Sequence[int], prefix: str = "") -> list[MetricRow]:
-    """Accuracy and macro-F1 overall; F1, accuracy and support per slice."""
-    from sklearn.metrics import accuracy_score, f1_score
+    """Accuracy and macro-F1 overall; F1, accuracy and support per slice; F1 per class (slice = label).
 
-    truth = dataset.label_ids(examples)
+    Every F1 is computed over all of ``examples``: a prediction of one of a slice's labels on a row
+    outside the slice is a false positive of that slice (see ``slice_scores``).
+    """
+    import numpy as np
+
+    truth, predicted = np.asarray(dataset.label_ids(examples)), np.asarray(predicted)
     rows = [
-        MetricRow(f"{prefix}accuracy", float(accuracy_score(truth, predicted))),
-        MetricRow(f"{prefix}macro_f1", float(f1_score(truth, predicted, average="macro", zero_division=0))),
+        MetricRow(f"{prefix}accuracy", accuracy(truth, predicted)),
+        MetricRow(f"{prefix}macro_f1", macro_f1(truth, predicted)),
     ]
-    for name, (f1, accuracy, support) in slice_scores(truth, predicted, examples.slices).items():
+    for name, (f1, recall, support) in slice_scores(truth, predicted, examples.slices).items():
         rows += [
             MetricRow(f"{prefix}slice_f1", f1, name),
-            MetricRow(f"{prefix}slice_accuracy", accuracy, name),
+            MetricRow(f"{prefix}slice_accuracy", recall, name),
             MetricRow(f"{prefix}slice_support", float(support), name),
         ]
+    present = np.unique(truth)
+    for label, f1 in zip(present, f1_per_label(truth, predicted, present)):
+        rows.append(MetricRow(f"{prefix}class_f1", float(f1), dataset.labels[label]))
     return rows
 
 
-def slice_scores(truth: Sequence[int], predicted: Sequence[int], slices: Sequence[Optional[str]]) -> dict[str, tuple[float, float, int]]:
-    """Per slice: (macro-F1 over the slice's own labels, accuracy, support)."""
-    from sklearn.metrics import f1_score
+def accuracy(truth: Sequence[int], predicted: Sequence[int]) -> float:
+    import numpy as np
 
+    return float(np.mean(np.asarray(truth) == np.asarray(predicted))) if len(truth) else 0.0
+
+
+def f1_per_label(truth: Sequence[int], predicted: Sequence[int], labels: Sequence[int]) -> Any:
+    """F1 of each of ``labels`` over all rows (0 where a label has neither rows nor predictions).
+
+    F1 = 2 TP / (rows of the label + predictions of the label), counted with ``bincount``: the
+    paired bootstrap calls this thousands of times, where sklearn's validation would dominate.
+    """
+    import numpy as np
+
+    truth, predicted, labels = np.asarray(truth, dtype=int), np.asarray(predicted, dtype=int), np.asarray(labels, dtype=int)
+    size = 1 + max(truth.max(initial=0), predicted.max(initial=0), labels.max(initial=0))
+    hits = np.bincount(truth[truth == predicted], minlength=size)
+    both = np.bincount(truth, minlength=size) + np.bincount(predicted, minlength=size)
+    return np.where(both > 0, 2 * hits / np.maximum(both, 1), 0.0)[labels]
+
+
+def macro_f1(truth: Sequence[int], predicted: Sequence[int], labels: Optional[Sequence[int]] = None) -> float:
+    """Mean F1 over ``labels`` (default: every label in ``truth`` or ``predicted``, as sklearn's)."""
+    import numpy as np
+
+    if labels is None:
+        labels = np.union1d(np.asarray(truth, dtype=int), np.asarray(predicted, dtype=int))
+    return float(np.mean(f1_per_label(truth, predicted, labels))) if len(labels) else 0.0
+
+
+def slice_labels(truth: Sequence[int], slices: Sequence[Optional[str]]) -> dict[str, list[int]]:
+    """The labels that belong to each slice: those of its rows."""
+    found: dict[str, set[int]] = {}
+    for label, name in zip(truth, slices):
+        if name is not None:
+            found.setdefault(name, set()).add(int(label))
+    return {name: sorted(labels) for name, labels in sorted(found.items())}
+
+
+def slice_scores(truth: Sequence[int], predicted: Sequence[int], slices: Sequence[Optional[str]]) -> dict[str, tuple[float, float, int]]:
+    """Per slice S: (F1, accuracy, support). F1 is the macro-F1 over S's labels computed on ALL rows,
+    so a row outside S predicted as one of S's labels counts against S (precision); accuracy is the
+    share of S's own rows predicted right (recall on S); support is S's row count."""
+    import numpy as np
+
+    truth, predicted, slices = np.asarray(truth), np.asarray(predicted), list(slices)
     scores = {}
-    for name in sorted({s for s in slices if s is not None}):
-        idx = [i for i, s in enumerate(slices) if s == name]
-        t, p = [truth[i] for i in idx], [predicted[i] for i in idx]
-        # Predicting another slice's label costs this slice recall without inventing classes for it.
-        f1 = f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0)
-        scores[name] = (float(f1), sum(a == b for a, b in zip(t, p)) / len(t), len(t))
+    for name, labels in slice_labels(truth, slices).items():
+        rows = np.array([s == name for s in slices])
+        scores[name] = (macro_f1(truth, predicted, labels), accuracy(truth[rows], predicted[rows]), int(rows.sum()))
     return scores
+
+
+def slice_f1_rows_only(truth: Sequence[int], predicted: Sequence[int], in_slice: Sequence[bool]) -> float:
+    """The old, biased slice F1: macro-F1 over the slice's labels counted on the slice's rows only.
+
+    Predictions of the slice's labels on other rows never count, so when a slice is one class this
+    is its recall. Kept only to show in reports how far it overstated a targeted gain.
+    """
+    import numpy as np
+
+    rows = np.asarray(in_slice, dtype=bool)
+    t, p = np.asarray(truth)[rows], np.asarray(predicted)[rows]
+    return macro_f1(t, p, np.unique(t))
+
+
+def paired_bootstrap(metric: Callable[[Any, Any], float], truth: Sequence[int], pred_a: Sequence[int],
+                     pred_b: Sequence[int], *, rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of ``metric(truth, pred_b) - metric(truth, pred_a)`` (b minus a) over test sets
+    resampled with replacement: the same resampled rows score both, so what the two predictions
+    share (hard rows, easy rows) cancels out of the difference."""
+    import numpy as np
+
+    truth, pred_a, pred_b = np.asarray(truth), np.asarray(pred_a), np.asarray(pred_b)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(truth), len(truth))
+        diffs.append(metric(truth[rows], pred_b[rows]) - metric(truth[rows], pred_a[rows]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def comparison_rows(truth: Sequence[int], control: Sequence[int], treatment: Sequence[int], *,
+                    metric: Optional[Callable[[Any, Any], float]] = None, improvement: Optional[float] = None,
+                    gain_above: float = 0.0, seed: int = 0, rounds: int = 1000) -> list[MetricRow]:
+    """The rows every initiative with an ``improvement`` logs, treatment against control on one test set.
+
+    ``improvement``: ``metric``'s difference in points (treatment minus control) with its 95% paired
+    bootstrap interval as ``improvement.ci_low`` / ``improvement.ci_high``; or, for a unit that is
+    not a test-set metric (distill's speed ratio), the value given, with no interval.
+    ``overall.accuracy_delta`` and ``overall.macro_f1_delta``: treatment minus control on the whole
+    test set, in points. ``tradeoff``: 1.0 when the improvement is a gain (above ``gain_above``: 0 for
+    points, 1 for a ratio) but either overall delta is negative, a targeted gain bought with losses
+    elsewhere; else 0.0.
+    """
+    rows = []
+    if improvement is None:
+        improvement = 100 * (metric(truth, treatment) - metric(truth, control))
+        low, high = paired_bootstrap(metric, truth, control, treatment, rounds=rounds, seed=seed)
+        rows += [MetricRow("improvement.ci_low", 100 * low), MetricRow("improvement.ci_high", 100 * high)]
+    deltas = {name: 100 * (score(truth, treatment) - score(truth, control))
+              for name, score in (("accuracy", accuracy), ("macro_f1", macro_f1))}
+    tradeoff = improvement > gain_above and min(deltas.values()) < 0
+    return [MetricRow("improvement", improvement), *rows,
+            *(MetricRow(f"overall.{name}_delta", value) for name, value in deltas.items()),
+            MetricRow("tradeoff", 1.0 if tradeoff else 0.0)]
 
 
 class Mahalanobis:
@@ -180,9 +282,12 @@ def efficiency_rows(model: Any, tokenizer: Any, texts: Sequence[str], folder: Op
 
 
 def evaluate(model: Any, tokenizer: Any, dataset: Dataset, *, folder: Optional[Path] = None, max_length: int = 64,
-             latency_samples: int = 50, fit_per_label: int = 25) -> list[MetricRow]:
-    """The full evaluation of a classifier on ``dataset``'s test split, as metric rows."""
-    test = infer(model, tokenizer, dataset.test.texts, max_length=max_length)
+             latency_samples: int = 50, fit_per_label: int = 25, test: Optional[Outputs] = None) -> list[MetricRow]:
+    """The full evaluation of a classifier on ``dataset``'s test split, as metric rows.
+
+    ``test``: the model's outputs on the test split when the caller already has them (one pass, not two).
+    """
+    test = test if test is not None else infer(model, tokenizer, dataset.test.texts, max_length=max_length)
     rows = classification_rows(dataset, dataset.test, test.predictions())
     rows += ood_evaluation(model, tokenizer, dataset, test=test, max_length=max_length, fit_per_label=fit_per_label)
     return rows + efficiency_rows(model, tokenizer, dataset.test.texts, folder, samples=latency_samples)

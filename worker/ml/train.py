@@ -1,9 +1,20 @@
-"""The fine-tuning loop: plain torch, resumable, stoppable between steps.
+"""The fine-tuning loop: plain torch, resumable, stoppable between steps, early-stopped on validation.
 
-AdamW with linear warmup then linear decay; gradient accumulation; bf16/fp16 autocast on CUDA when
-a GPU is present. Every ``checkpoint_every`` optimizer steps the full state goes to
-``checkpoint_dir/<run>/``; a new attempt resumes from the newest one at the same step with the same
-data order, so the loss curve continues where the preempted attempt left it.
+Two ways to say how long to train. ``steps > 0``: exactly that many optimizer steps, no early
+stopping. ``steps == 0`` (the initiatives' default): up to ``epochs`` epochs, scored on the
+validation split every ``eval_every`` steps, stopping once ``patience`` evaluations in a row failed to
+beat the best validation macro-F1 by ``min_delta``; the best weights are restored at the end.
+Macro-F1 rather than accuracy because it weighs every class alike: on an imbalanced dataset
+accuracy keeps rising while the rare classes get worse, and on a balanced one the two agree.
+
+AdamW with linear warmup then linear decay to zero at the planned last step (``steps``, or
+``epochs`` full epochs). The decay horizon is the cap, fixed before the first step, so a resumed
+attempt follows the same schedule; early stopping only cuts it short. Warmup is ``warmup_ratio`` of
+the planned steps but at most one epoch: a long cap must not delay the first plateau check.
+Gradient accumulation; bf16/fp16 autocast on CUDA when a GPU is present. Every
+``checkpoint_every`` optimizer steps the full state, early-stopping state and best weights included,
+goes to ``checkpoint_dir/<run>/``; a new attempt resumes from the newest one at the same step with
+the same data order, so the loss curve continues where the preempted attempt left it.
 """
 
 from __future__ import annotations
@@ -14,16 +25,18 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from core.errors import BudgetStop
-from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
 from worker.ml.modeling import encode, pick_device
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 300  # optimizer steps
+    steps: int = 0  # > 0: exactly this many optimizer steps, no early stopping; 0: up to ``epochs``
+    epochs: int = 40  # the cap when ``steps`` is 0
+    max_steps: int = 0  # > 0 (with ``steps`` 0): this cap in steps instead of ``epochs``, early stopping still on
     batch_size: int = 32
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 5e-5
@@ -32,6 +45,9 @@ class TrainConfig:
     seed: int = 0
     max_length: int = 64
     checkpoint_every: int = 50
+    eval_every: int = 0  # optimizer steps between validations; 0: see ``Plan``
+    patience: int = 3  # validations without a gain of ``min_delta`` (macro-F1) before stopping
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -39,6 +55,66 @@ class TrainResult:
     step: int
     resumed_from: int  # 0 when this attempt started fresh
     losses: list[float] = field(default_factory=list)  # this attempt's per-step losses
+    best_step: int = 0  # the step whose weights the model ends with
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many steps a run may take, how often it validates, and how long it warms up."""
+
+    steps: int  # the cap: the last step, unless early stopping comes first
+    per_epoch: int  # optimizer steps per pass over the training rows
+    eval_every: int
+    warmup: int
+    early_stopping: bool
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, rows: int, val_rows: int) -> "Plan":
+        """The plan for ``rows`` training rows with ``val_rows`` validation rows (0: no validation).
+
+        The default cadence is once per epoch, or once per ``val_rows`` training rows when the
+        validation split is the larger: a validation pass costs about a third of a training pass
+        over as many rows (forward only), so validation stays under a third of the compute. With
+        fixed ``steps`` there is no default cadence: nothing is validated unless ``eval_every`` asks.
+        """
+        rows_per_step = min(cfg.batch_size, max(1, rows)) * cfg.grad_accum
+        per_epoch = max(1, math.ceil(math.ceil(rows / min(cfg.batch_size, max(1, rows))) / cfg.grad_accum))
+        steps = cfg.steps or cfg.max_steps or cfg.epochs * per_epoch
+        eval_every = cfg.eval_every or (0 if cfg.steps else max(per_epoch, math.ceil(val_rows / rows_per_step)))
+        warmup = max(1, int(steps * cfg.warmup_ratio))
+        if not cfg.steps:
+            warmup = min(warmup, per_epoch)
+        return cls(steps, per_epoch, eval_every, warmup, early_stopping=not cfg.steps and val_rows > 0)
+
+
+@dataclass
+class EarlyStopping:
+    """The best validation score so far, where it was reached, and the evaluations since."""
+
+    patience: int
+    min_delta: float
+    best: float = -1.0
+    best_step: int = 0
+    waited: int = 0  # evaluations in a row without a gain of ``min_delta``
+    stopped: bool = False
+    weights: Optional[dict[str, Any]] = None  # the best step's weights, on the CPU
+
+    def observe(self, step: int, score: float, model: Any) -> None:
+        """Take one validation score; keep the weights when it is the best, stop when patience runs out."""
+        if score > self.best + self.min_delta or self.best_step == 0:
+            self.best, self.best_step, self.waited = score, step, 0
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.waited += 1
+            self.stopped = self.waited >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "waited": self.waited, "stopped": self.stopped}
+
+    def restore(self, state: dict[str, Any], weights: Optional[dict[str, Any]]) -> None:
+        self.best, self.best_step, self.waited, self.stopped = state["best"], state["best_step"], state["waited"], state["stopped"]
+        self.weights = weights
 
 
 def seed_everything(seed: int) -> None:
@@ -54,22 +130,30 @@ def seed_everything(seed: int) -> None:
 
 
 def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[int], cfg: TrainConfig, ctx: Any, *,
-          run: str = "train", batches: Any = None, loss_fn: Callable[..., Any] | None = None,
-          on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """Fine-tune ``model`` in place for ``cfg.steps`` optimizer steps, resuming from the latest checkpoint.
+          run: str = "train", val: Optional[tuple[Sequence[str], Sequence[int]]] = None, batches: Any = None,
+          loss_fn: Callable[..., Any] | None = None, on_step: Callable[[int], None] | None = None,
+          on_eval: Callable[[int, float, float], None] | None = None) -> TrainResult:
+    """Fine-tune ``model`` in place as ``cfg`` plans (see the module docstring), resuming from the latest checkpoint.
 
-    Logs ``<run>.loss`` and ``<run>.lr`` per step. Raises ``BudgetStop`` after checkpointing when
-    ``ctx.should_stop()`` turns true. Optional hooks (none given: plain fine-tuning):
-    ``batches`` replaces the seeded shuffle with any object whose ``indices(micro)`` names the rows of
-    micro-batch ``micro``; ``loss_fn(logits, labels, indices)`` replaces the model's mean cross-entropy
-    (it sees the per-row logits the step computes anyway); ``on_step(step)`` runs after each step.
+    ``val`` is (texts, label ids) of the validation split. Logs ``<run>.loss`` and ``<run>.lr`` per
+    step, ``<run>.val_accuracy`` and ``<run>.val_macro_f1`` per validation, and at the end
+    ``<run>.rows``, ``<run>.steps``, ``<run>.epochs_run``, ``<run>.stopped_early`` and
+    ``<run>.best_step``. Raises ``BudgetStop`` after checkpointing when ``ctx.should_stop()`` turns
+    true. Optional hooks (none given: plain fine-tuning): ``batches`` replaces the seeded shuffle with
+    any object whose ``indices(micro)`` names the rows of micro-batch ``micro``; ``loss_fn(logits,
+    labels, indices)`` replaces the model's mean cross-entropy (it sees the per-row logits the step
+    computes anyway); ``on_step(step)`` runs after each step; ``on_eval(step, accuracy, macro_f1)``
+    after each validation.
     """
     seed_everything(cfg.seed)
-    loop = _Loop(model, tokenizer, texts, label_ids, cfg, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
+    plan = Plan.of(cfg, len(texts), len(val[0]) if val else 0)
+    loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
-    with _progress(cfg.steps, result.step, run) as advance:
-        for step in range(result.step + 1, cfg.steps + 1):
+    with _progress(plan.steps, result.step, run) as advance:
+        for step in range(result.step + 1, plan.steps + 1):
+            if loop.early.stopped:
+                break  # a resumed attempt of a run that had already stopped early
             if ctx.should_stop():
                 loop.stop(result.step)
             lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on after it
@@ -78,36 +162,76 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
             result.step = step
             ctx.log_metric(f"{run}.loss", loss, step=step)
             ctx.log_metric(f"{run}.lr", lr, step=step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if val and plan.eval_every and (step % plan.eval_every == 0 or step == plan.steps):
+                _validate(ctx, loop, val, step, run, on_eval)
+            if step % cfg.checkpoint_every == 0 or step == plan.steps or loop.early.stopped:
                 loop.checkpoint(step)
             if on_step is not None:
                 on_step(step)
             advance()
-    model.eval()
+    return _finish(ctx, loop, result, run, len(texts))
+
+
+def _validate(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
+    """Score the validation split, log it, and let early stopping see the macro-F1."""
+    from worker.ml.evaluate import infer, macro_f1
+
+    texts, truth = val
+    predicted = infer(loop.model, loop.tokenizer, texts, max_length=loop.cfg.max_length).predictions()
+    loop.model.train()  # infer switched to eval mode; training goes on after this
+    accuracy = sum(int(p == t) for p, t in zip(predicted, truth)) / len(truth)
+    f1 = macro_f1(truth, predicted)
+    ctx.log_metric(f"{run}.val_accuracy", accuracy, step=step)
+    ctx.log_metric(f"{run}.val_macro_f1", f1, step=step)
+    if loop.plan.early_stopping:
+        loop.early.observe(step, f1, loop.model)
+    if on_eval is not None:
+        on_eval(step, accuracy, f1)
+
+
+def _finish(ctx: Any, loop: "_Loop", result: TrainResult, run: str, rows: int) -> TrainResult:
+    """Restore the best weights (early stopping only), log how the run ended, switch to eval mode."""
+    result.step = max(result.step, loop.saved_step)
+    result.stopped_early = loop.early.stopped
+    result.best_step = result.step
+    if loop.plan.early_stopping and loop.early.weights is not None:
+        loop.model.load_state_dict(loop.early.weights)
+        result.best_step = loop.early.best_step
+    for name, value in (("rows", rows), ("steps", result.step), ("epochs_run", result.step / loop.plan.per_epoch),
+                        ("stopped_early", float(result.stopped_early)), ("best_step", result.best_step)):
+        ctx.log_metric(f"{run}.{name}", value)
+    loop.model.eval()
     return result
 
 
 class _Loop:
-    """One training run's state: model, optimizer, schedule, data order, and its checkpoint folder."""
+    """One training run's state: model, optimizer, schedule, data order, early stopping, checkpoint folder."""
 
-    def __init__(self, model, tokenizer, texts, label_ids, cfg: TrainConfig, folder: Path, batches=None, loss_fn=None) -> None:
+    def __init__(self, model, tokenizer, texts, label_ids, cfg: TrainConfig, plan: Plan, folder: Path, batches=None,
+                 loss_fn=None) -> None:
         import torch
 
-        self.model, self.tokenizer, self.texts, self.cfg, self.folder = model, tokenizer, texts, cfg, folder
+        self.model, self.tokenizer, self.texts, self.cfg, self.plan, self.folder = model, tokenizer, texts, cfg, plan, folder
         self.device = pick_device()
         model.to(self.device)
         self.labels = torch.tensor(list(label_ids))
         self.batches = batches if batches is not None else _Batches(len(texts), cfg.batch_size, cfg.seed)
         self.loss_fn = loss_fn
-        self.optimizer, self.scheduler, self.scaler = _optimizer(model, cfg, self.device)
+        self.optimizer, self.scheduler, self.scaler = _optimizer(model, cfg, plan, self.device)
+        self.early = EarlyStopping(cfg.patience, cfg.min_delta)
         latest = latest_checkpoint(folder)
         self.saved_step = load_checkpoint(latest, **self._state()) if latest else 0
+        if latest:
+            extra, weights = load_extra(latest)
+            if "early_stopping" in extra:
+                self.early.restore(extra["early_stopping"], weights)
 
     def _state(self) -> dict[str, Any]:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.folder, step, **self._state())
+        save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
+                        tensors=self.early.weights)
         self.saved_step = step
 
     def stop(self, step: int) -> None:
@@ -147,7 +271,7 @@ class _Loop:
         return self.loss_fn(self.model(**batch).logits, labels, indices)
 
 
-def _optimizer(model: Any, cfg: TrainConfig, device: str):
+def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
     import torch
 
     # No weight decay on biases and LayerNorm weights (the BERT recipe).
@@ -155,12 +279,12 @@ def _optimizer(model: Any, cfg: TrainConfig, device: str):
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    warmup = max(1, int(cfg.steps * cfg.warmup_ratio))
+    warmup, last = plan.warmup, plan.steps
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup))
+        return max(0.0, (last - step) / max(1, last - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     # fp16 needs loss scaling; bf16 (Ampere and later) has the range to go without.
