@@ -361,10 +361,12 @@ def reap(as_json: bool = JSON) -> None:
     settings, store = _open()
     closed, sent = reap_and_publish(store, resend_after_seconds=settings.resend_after_seconds)
     if as_json:
-        emit_json({"reaped": [c.__dict__ for c in closed], "resent": sent})
+        emit_json({"reaped": [{**c.__dict__, "crossed": [render.event_json(e) for e in c.crossed]} for c in closed], "resent": sent})
         return
     for c in closed:
         say(f"job {c.job_id} attempt {c.attempt}: {c.status}, charged {format_micros(c.charge_micros)}")
+        for event in c.crossed:
+            say(f"budget {event.budget}: {render.event_line(event)}")
     say(f"reaped {len(closed)} job(s), re-published {len(sent)}")
 
 

@@ -304,3 +304,18 @@ def test_the_migrations_build_exactly_the_tables_and_columns_the_models_declare(
 
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_reap_reports_a_threshold_its_charge_crossed(embedded):
+    import json
+
+    from models.db import Ledger
+
+    embedded.ok("budget", "create", "b", "--total", "1.00", "--warn-at", "10%")
+    job_id = json.loads(embedded.ok("submit", "calibrate", "--budget", "b", "--estimate", "0.50", "--json").stdout)["id"]
+    store = Ledger(embedded.vars["DATABASE_URL"])
+    with store.session() as s:  # a worker that claimed it, metered $0.20 and died
+        ledger.claim_job(s, job_id=job_id, worker="gone", lease_seconds=0.5)
+        ledger.heartbeat(s, job_id=job_id, attempt=1, worker="gone", metered_micros=200_000, lease_seconds=0.01)
+    (reaped,) = json.loads(embedded.ok("reap", "--json").stdout)["reaped"]
+    assert [(e["threshold"], e["spent"], e["job_id"]) for e in reaped["crossed"]] == [("10%", "0.200000", job_id)]

@@ -270,9 +270,7 @@ class Runtime:
         self._device_recorded = self._device is not None
         log.info("job %s (%s) attempt %s %s%s; charged %s micro-dollars", claim.job_id, claim.initiative, claim.attempt,
                  closed.status, f": {describe(stop)}" if stop else "", closed.charge_micros)
-        for event in closed.crossed:
-            log.warning("budget %s: spending reached %s of its total (%s of %s) with job %s", event.budget, event.threshold,
-                        format_micros(event.spent_micros), format_micros(event.total_micros), claim.job_id)
+        log_crossings(closed)
         shutil.rmtree(ctx.work_path, ignore_errors=True)
         if ready:
             publish_after_commit(self.store, ready)
@@ -283,6 +281,13 @@ class Runtime:
         self._device = self._device or loaded_device()
         rate = self.settings.price_micros_per_hour // self.settings.concurrency
         return Usage(self._device or "cpu", rate, work_steps(ctx.metrics))
+
+
+def log_crossings(closed: views.Closed) -> None:
+    """Warn about each spending threshold a settlement or a reap crossed (recorded once in the ledger)."""
+    for event in closed.crossed:
+        log.warning("budget %s: spending reached %s of its total (%s of %s) with job %s", event.budget, event.threshold,
+                    format_micros(event.spent_micros), format_micros(event.total_micros), closed.job_id)
 
 
 def _one_line(exc: BaseException) -> str:
