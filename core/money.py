@@ -46,3 +46,30 @@ def format_micros(micros: int) -> str:
 def dollars(micros: int) -> str:
     """Micro-dollars as a plain decimal string for JSON output, e.g. ``"0.250000"`` (six decimals, exact)."""
     return f"{Decimal(micros).scaleb(-6):.6f}"
+
+
+PARTS_PER_MILLION = 1_000_000
+
+
+def parse_share(text: object, *, what: str = "share") -> int:
+    """Parse a share of a budget, ``"0.5"`` or ``"50%"``, into exact parts per million (above 0, at most 1)."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    try:
+        value = Decimal(raw.removesuffix("%").strip())
+    except (InvalidOperation, ValueError):
+        raise InvalidInput(f"{what} {text!r} is not a share of the budget; write it like 0.5 or 80%") from None
+    if percent:
+        value /= 100
+    if not value.is_finite() or not 0 < value <= 1:
+        raise InvalidInput(f"{what} {text!r} must be above 0 and at most 1 (or 100%); write it like 0.5 or 80%")
+    ppm = value * PARTS_PER_MILLION
+    if ppm != ppm.to_integral_value():
+        raise InvalidInput(f"{what} {text!r} is finer than one part in a million; round it")
+    return int(ppm)
+
+
+def format_share(ppm: int) -> str:
+    """Parts per million as an exact percentage: ``50%``, ``12.5%``."""
+    whole, rest = divmod(ppm, PARTS_PER_MILLION // 100)
+    return f"{whole}.{rest:04d}".rstrip("0").rstrip(".") + "%"

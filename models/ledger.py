@@ -8,6 +8,7 @@ transition was not allowed, and every change to a budget appends ledger entries 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -56,7 +57,8 @@ from models.schema import (
     Metric,
     WorkerRow,
 )
-from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready
+from models.spend import record_crossings
+from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready, Usage
 
 CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATUSES)
 FINAL = tuple(s.value for s in FINAL_STATUSES)
@@ -329,11 +331,13 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
     return Beat(None)
 
 
-def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason: Any, keep_worker: bool = True) -> Any:
+def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason: Any, keep_worker: bool = True,
+                    also: Optional[dict[str, Any]] = None) -> Any:
     """The one guarded UPDATE that ends attempts, returning what it charged and released.
 
     Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
     PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
+    ``also`` sets more columns in the same statement (settle records where the attempt ran).
     """
     charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
     final = status.in_(FINAL)
@@ -353,6 +357,7 @@ def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason:
             worker=jobs_t.c.worker if keep_worker else None,
             finished_at=case((final, _NOW), else_=None),
             updated_at=_NOW,
+            **(also or {}),
         )
         .returning(jobs_t.c.id, jobs_t.c.budget_id, jobs_t.c.attempts, jobs_t.c.status,
                    jobs_t.c.last_charge_micros, jobs_t.c.last_release_micros)
@@ -402,6 +407,11 @@ class _Closing:
         return cls(closing, _with_budget_and_entries(closing))
 
 
+def _or_kept(column: Any) -> Any:
+    """SET column = the bound value, or keep the column's value when NULL is bound."""
+    return func.coalesce(bindparam(f"usage_{column.name}", type_=column.type), column)
+
+
 _SETTLE = _Closing.build(
     guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"),
                jobs_t.c.status == "running", jobs_t.c.worker == bindparam("owner")),
@@ -409,6 +419,7 @@ _SETTLE = _Closing.build(
     status=bindparam("new_status", type_=String),
     error=bindparam("error", type_=Text),
     reason=bindparam("reason", type_=String),
+    also={c.name: _or_kept(c) for c in (jobs_t.c.device, jobs_t.c.rate_micros_per_hour, jobs_t.c.work_steps)},
 )
 
 
@@ -425,13 +436,15 @@ def settle_job(
     artifacts: Iterable[Any] = (),
     failures: Iterable[Any] = (),
     notes: Iterable[str] = (),
+    usage: Optional[Usage] = None,
 ) -> Closed:
     """Close an attempt: charge its cost (at most the reservation), write results and the status.
 
     ``status`` (from ``core.status.next_status``) is final (succeeded, failed, budget_stopped,
     cancelled), releasing the rest of the reservation, or ``requeued``, keeping it for the next
-    attempt; ``stop`` says why the attempt ended early. Calling it again for the same attempt
-    returns the first outcome and changes nothing.
+    attempt; ``stop`` says why the attempt ended early. ``usage`` (where it ran, what it did) is
+    recorded on the job for cost forecasts. Calling it again for the same attempt returns the first
+    outcome and changes nothing.
     """
     if status not in set(JobStatus) or status not in FINAL_STATUSES | {JobStatus.REQUEUED}:
         raise InvalidInput(f"cannot settle a job as {status!r}")
@@ -441,6 +454,9 @@ def settle_job(
     closed = _close_attempt(s, _SETTLE, {
         "job_id": job_id, "attempt": attempt, "owner": worker, "charge": cost_micros, "new_status": status.value,
         "error": describe(stop) if stop else None, "reason": stop.reason.value if stop else None,
+        "usage_device": usage.device if usage else None,
+        "usage_rate_micros_per_hour": usage.rate_micros_per_hour if usage else None,
+        "usage_work_steps": usage.work_steps if usage else None,
     })
     if not closed:
         return _replayed_or_lost(s, job_id=job_id, attempt=attempt, worker=worker)
@@ -466,10 +482,25 @@ def _close_attempt(s: Session, closing: _Closing, params: dict[str, Any]) -> lis
             _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
             if row.status in FINAL:
                 _append(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
-    closed = [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows]
+    closed = _with_crossings(s, [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows],
+                             {r.id: r.budget_id for r in rows})
     if any(c.status in FINAL and c.status != JobStatus.SUCCEEDED for c in closed):
         cancel_orphans(s)
     return closed
+
+
+def _with_crossings(s: Session, closed: list[Closed], budget_of: dict[str, int]) -> list[Closed]:
+    """Record the spending thresholds these charges crossed, each on the close that crossed it."""
+    seen: set[int] = set()
+    out = []
+    for c in closed:
+        budget_id = budget_of[c.job_id]
+        if c.charge_micros > 0 and budget_id not in seen:
+            seen.add(budget_id)
+            crossed = record_crossings(s, budget_id=budget_id, job_id=c.job_id)
+            c = dataclasses.replace(c, crossed=tuple(crossed)) if crossed else c
+        out.append(c)
+    return out
 
 
 def _move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> None:

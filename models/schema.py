@@ -98,6 +98,12 @@ class Job(Base):
     published_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
+    # Where the last settled attempt ran and what it did, for cost forecasts: the device
+    # (``cuda:<name>`` or ``cpu``), the hourly rate it was metered at (its worker's price / slots),
+    # and the optimizer steps its training runs reached (NULL: it trains nothing).
+    device: Mapped[Optional[str]] = mapped_column(String(100))
+    rate_micros_per_hour: Mapped[Optional[int]] = mapped_column(BigInteger)
+    work_steps: Mapped[Optional[int]] = mapped_column(BigInteger)
 
 
 class JobDependency(Base):
@@ -197,3 +203,30 @@ class WorkerRow(Base):
     slots: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # ``cuda:<name>`` or ``cpu``, written by the worker's first job (the pool process that owns the device).
+    device: Mapped[Optional[str]] = mapped_column(String(100))
+
+
+class BudgetThreshold(Base):
+    """Warn once spending (charged) reaches this share of the budget's total, in parts per million."""
+
+    __tablename__ = "budget_thresholds"
+    __table_args__ = (CheckConstraint("threshold_ppm > 0 AND threshold_ppm <= 1000000", name="threshold_is_a_share"),)
+
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"), primary_key=True)
+    threshold_ppm: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class BudgetEvent(Base):
+    """A threshold the budget's spending crossed; the unique key records each crossing exactly once."""
+
+    __tablename__ = "budget_events"
+    __table_args__ = (UniqueConstraint("budget_id", "threshold_ppm", name="event_once_per_threshold"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    threshold_ppm: Mapped[int] = mapped_column(Integer)
+    spent_micros: Mapped[int] = mapped_column(BigInteger)  # as the crossing statement saw them
+    total_micros: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[Optional[str]] = mapped_column(ForeignKey("jobs.id"))  # the settlement that crossed it, if any
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

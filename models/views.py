@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
+from core.money import format_share
 from core.status import StopReason
 from models.schema import Budget, Job
 
@@ -47,6 +48,9 @@ class JobView:
     started_at: Optional[datetime]
     finished_at: Optional[datetime]
     after: tuple[str, ...] = ()
+    device: Optional[str] = None
+    rate_micros_per_hour: Optional[int] = None
+    work_steps: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,33 @@ class Closed:
     charge_micros: int
     release_micros: int
     replayed: bool = False
+    crossed: tuple["BudgetEvent", ...] = ()  # thresholds this close made the budget's spending cross
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Where an attempt ran and what it did, recorded on the job at settle for cost forecasts."""
+
+    device: str  # ``cuda:<name>`` or ``cpu``
+    rate_micros_per_hour: int  # the worker's price / its slots: what this job was metered at
+    work_steps: Optional[int] = None  # optimizer steps its training runs reached; None: no training
+
+
+@dataclass(frozen=True)
+class BudgetEvent:
+    """Spending crossed ``threshold_ppm`` of the budget's total (recorded once per threshold)."""
+
+    budget: str
+    threshold_ppm: int
+    spent_micros: int
+    total_micros: int
+    job_id: Optional[str]
+    created_at: datetime
+
+    @property
+    def threshold(self) -> str:
+        """The share as an exact percentage: ``50%``, ``12.5%``."""
+        return format_share(self.threshold_ppm)
 
 
 @dataclass(frozen=True)
@@ -125,4 +156,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
         max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
         error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
+        device=j.device, rate_micros_per_hour=j.rate_micros_per_hour, work_steps=j.work_steps,
     )

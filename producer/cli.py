@@ -17,10 +17,10 @@ try:  # typer 0.2x vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from models import ledger, queries
+from models import ledger, queries, spend
 from models.db import Ledger
 from core.errors import BudgetqError, InvalidInput, NotFound
-from core.money import format_micros, parse_dollars
+from core.money import format_micros, format_share, parse_dollars, parse_share
 from core.settings import Settings, load_settings, mask_url
 from producer import render
 from producer.render import emit_json, say, table
@@ -69,14 +69,58 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision, or '
 # --- budgets --------------------------------------------------------------------------------
 
 
+WARN_AT = typer.Option([], "--warn-at", help="Warn once spending reaches this share of the total (0.5 or 50%); repeatable.")
+
+
 @budget_app.command("create")
-def budget_create(name: str, total: str = typer.Option(..., help="Dollars, e.g. 1.00"), as_json: bool = JSON) -> None:
+def budget_create(
+    name: str, total: str = typer.Option(..., help="Dollars, e.g. 1.00"), warn_at: List[str] = WARN_AT, as_json: bool = JSON,
+) -> None:
     """Create a budget holding TOTAL dollars."""
     total_micros = parse_dollars(total, what="--total")
+    shares = [parse_share(w, what="--warn-at") for w in warn_at]
     _, store = _open()
     with store.session() as s:
         budget = ledger.create_budget(s, name=name, total_micros=total_micros)
+        spend.set_thresholds(s, budget=name, thresholds_ppm=shares)
     emit_json(render.budget_json(budget)) if as_json else say(f"budget {name} created with {format_micros(total_micros)}")
+
+
+@budget_app.command("set")
+def budget_set(
+    name: str, warn_at: List[str] = WARN_AT,
+    no_warnings: bool = typer.Option(False, "--no-warnings", help="Remove every threshold."), as_json: bool = JSON,
+) -> None:
+    """Replace a budget's warning thresholds (a threshold already crossed is recorded now)."""
+    if not warn_at and not no_warnings:
+        raise InvalidInput("budget set needs --warn-at SHARE (repeatable) or --no-warnings")
+    if warn_at and no_warnings:
+        raise InvalidInput("give --warn-at or --no-warnings, not both")
+    shares = [parse_share(w, what="--warn-at") for w in warn_at]
+    _, store = _open()
+    with store.session() as s:
+        crossed = spend.set_thresholds(s, budget=name, thresholds_ppm=shares)
+        thresholds = spend.budget_thresholds(s, budget=name)
+    if as_json:
+        emit_json({"name": name, "warn_at": [format_share(p) for p in thresholds], "crossed_now": [render.event_json(e) for e in crossed]})
+        return
+    say(f"budget {name} warns at {', '.join(format_share(p) for p in thresholds) or 'nothing'}")
+    for event in crossed:
+        say(f"already crossed: {render.event_line(event)}")
+
+
+@budget_app.command("topup")
+def budget_topup(name: str, add: str = typer.Option(..., "--add", help="Dollars to add, e.g. 0.50"), as_json: bool = JSON) -> None:
+    """Add money to a budget (one guarded statement and its `fund` entry)."""
+    add_micros = parse_dollars(add, what="--add")
+    _, store = _open()
+    with store.session() as s:
+        budget = spend.topup_budget(s, name=name, add_micros=add_micros)
+    if as_json:
+        emit_json(render.budget_json(budget))
+    else:
+        say(f"budget {name}: added {format_micros(add_micros)}; total {format_micros(budget.total_micros)},"
+            f" {format_micros(budget.left_micros)} left")
 
 
 @budget_app.command("show")
@@ -86,14 +130,20 @@ def budget_show(name: str, as_json: bool = JSON) -> None:
     with store.session() as s:
         budget = queries.get_budget(s, name=name)
         jobs = queries.list_jobs(s, budget=name, limit=10_000)
+        thresholds = spend.budget_thresholds(s, budget=name)
+        events = spend.budget_events(s, budget=name)
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
     if as_json:
-        emit_json({**render.budget_json(budget), "jobs": counts})
+        emit_json({**render.budget_json(budget), "jobs": counts, "warn_at": [format_share(p) for p in thresholds],
+                   "events": [render.event_json(e) for e in events]})
         return
     table(f"budget {name}", render.BUDGET_COLUMNS, [render.budget_row(budget)])
     say("jobs: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+    say("warns at: " + (", ".join(format_share(p) for p in thresholds) or "nothing (set with `budgetq budget set --warn-at`)"))
+    for event in events:
+        say(f"event: {render.event_line(event)}")
 
 
 @budget_app.command("list")
@@ -171,8 +221,10 @@ def _parse_params(pairs: List[str]) -> dict[str, str]:
 @plan_app.command("run")
 def plan_run(
     path: Path,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be admitted; write nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be admitted and what it may cost; write nothing."),
     partial: bool = typer.Option(False, "--partial", help="Admit what fits instead of all or nothing."),
+    device: Optional[str] = typer.Option(None, help="Dry run: forecast for this device (cpu, cuda:NAME); default: where jobs ran last."),
+    price: Optional[str] = typer.Option(None, help="Dry run: forecast at this price per hour per job slot; default: where jobs ran last."),
     as_json: bool = JSON,
 ) -> None:
     """Admit a plan's initiatives in rank order and enqueue them."""
@@ -180,21 +232,38 @@ def plan_run(
     from producer.admission import run_plan
     from producer.plan import load_plan
 
+    rate = None if price is None else parse_dollars(price, what="--price")
     settings, store = _open()
     plan = load_plan(path, extra_initiatives=settings.extra_initiatives)
-    decisions = (preview(store, plan, partial=partial, extra_initiatives=settings.extra_initiatives) if dry_run
-                 else run_plan(store, settings, plan, partial=partial))
+    if dry_run:
+        from producer.forecast import plan_forecast
+
+        decisions = preview(store, plan, partial=partial, extra_initiatives=settings.extra_initiatives)
+        _show_dry_run(plan, decisions, plan_forecast(store, plan, device=device, rate_micros_per_hour=rate), as_json)
+        return
+    decisions = run_plan(store, settings, plan, partial=partial)
     if as_json:
         emit_json([{
             "name": d.entry, "initiative": d.initiative, "estimate": format_micros(d.estimate_micros),
             "admitted": d.admitted, "reason": d.reason, "job_id": d.job.id if d.job else None,
         } for d in decisions])
         return
-    title = f"plan {plan.name} against budget {plan.budget}" + (" (dry run: nothing written)" if dry_run else "")
-    table(title, ["name", "initiative", "estimate", "decision", "job"], [
+    table(f"plan {plan.name} against budget {plan.budget}", ["name", "initiative", "estimate", "decision", "job"], [
         [d.entry, d.initiative, format_micros(d.estimate_micros), "admit" if d.admitted else f"reject: {d.reason}", d.job.id if d.job else ""]
         for d in decisions
     ])
+
+
+def _show_dry_run(plan, decisions, fc, as_json: bool) -> None:
+    if as_json:
+        emit_json(render.dry_run_json(plan, decisions, fc))
+        return
+    where = (f"{fc.device} at {format_micros(fc.rate_micros_per_hour)}/h per slot" if fc.device and fc.rate_micros_per_hour is not None
+             else "an unknown device: no worker has run a job yet")
+    table(f"plan {plan.name} against budget {plan.budget} (dry run: nothing written; forecasts on {where})",
+          ["name", "initiative", "cap", "low", "expected", "high", "history", "decision"],
+          [render.dry_run_row(d, fc.entries[d.entry]) for d in decisions])
+    say(render.dry_run_totals(fc))
 
 
 # --- jobs -----------------------------------------------------------------------------------
@@ -245,6 +314,32 @@ def jobs_cancel(job_id: str, as_json: bool = JSON) -> None:
         say(f"job {job.id} is {job.status}")
 
 
+@jobs_app.command("resume")
+def jobs_resume(
+    job_id: str,
+    estimate: Optional[str] = typer.Option(None, help="Dollars to reserve (default: the job's original estimate)."),
+    max_attempts: Optional[int] = typer.Option(None, min=1, max=100, help="Attempts it may take from here (default MAX_ATTEMPTS)."),
+    as_json: bool = JSON,
+) -> None:
+    """Re-admit a budget_stopped job: reserve anew and queue it; it continues from its last checkpoint."""
+    estimate_micros = None if estimate is None else parse_dollars(estimate, what="--estimate")
+    settings, store = _open()
+    with store.session() as s:
+        job = spend.resume_job(s, job_id=job_id, estimate_micros=estimate_micros,
+                               max_attempts=max_attempts or settings.max_attempts)
+    with store.session() as s:
+        ready = ledger.ready_to_publish(s, job_ids=[job.id])
+    if ready:
+        from core.queue import publish_after_commit
+
+        publish_after_commit(store, ready, mark=False)
+    if as_json:
+        emit_json(render.job_json(job))
+    else:
+        say(f"resumed job {job.id} ({job.initiative}): reserved {format_micros(job.reserved_micros)} of {job.budget},"
+            f" estimate now {format_micros(job.estimate_micros)}; it continues from its last checkpoint")
+
+
 @jobs_app.command("resend")
 def jobs_resend(
     older_than: float = typer.Option(60.0, min=0, help="Seconds since the job was last published."),
@@ -266,10 +361,12 @@ def reap(as_json: bool = JSON) -> None:
     settings, store = _open()
     closed, sent = reap_and_publish(store, resend_after_seconds=settings.resend_after_seconds)
     if as_json:
-        emit_json({"reaped": [c.__dict__ for c in closed], "resent": sent})
+        emit_json({"reaped": [{**c.__dict__, "crossed": [render.event_json(e) for e in c.crossed]} for c in closed], "resent": sent})
         return
     for c in closed:
         say(f"job {c.job_id} attempt {c.attempt}: {c.status}, charged {format_micros(c.charge_micros)}")
+        for event in c.crossed:
+            say(f"budget {event.budget}: {render.event_line(event)}")
     say(f"reaped {len(closed)} job(s), re-published {len(sent)}")
 
 
@@ -278,11 +375,14 @@ def reap(as_json: bool = JSON) -> None:
 
 @app.command("results")
 def results(
-    job: Optional[str] = typer.Option(None, help="One job's metrics and artifacts."),
+    job: Optional[str] = typer.Option(None, help="One job's summary: status, cost, headline metrics, artifacts, notes."),
     budget: Optional[str] = typer.Option(None, help="The budget to summarise (default: the latest one created)."),
+    series: bool = typer.Option(False, "--series", help="With --job: also every per-step value (loss curves...)."),
+    slices: bool = typer.Option(False, "--slices", help="With --job: also every per-slice value."),
     as_json: bool = JSON,
 ) -> None:
     """Which initiative bought the most improvement per dollar, per unit; or one job's results."""
+    from models import history
     from producer.summary import as_json as group_json
     from producer.summary import summarize
 
@@ -292,6 +392,7 @@ def results(
             view = queries.get_job(s, job_id=job)
             metrics, artifacts = queries.job_results(s, job_id=job)
             failures = queries.job_failures(s, job_id=job)
+            notes = history.job_notes(s, job_id=job)
         else:
             budget = budget or queries.latest_budget(s)
             if budget is None:
@@ -299,32 +400,64 @@ def results(
             queries.get_budget(s, name=budget)  # NotFound names the fix
             groups = summarize(queries.improvement_rows(s, budget=budget), settings.extra_initiatives)
     if job:
-        _job_results(view, metrics, artifacts, failures, as_json)
+        _job_results(view, metrics, artifacts, failures, notes, as_json, series=series, slices=slices)
     elif as_json:
         emit_json({"budget": budget, "groups": [group_json(g) for g in groups]})
     else:
         render.improvement_tables(budget, groups)
 
 
-def _job_results(view, metrics, artifacts, failures, as_json: bool) -> None:
+def _job_results(view, metrics, artifacts, failures, notes, as_json: bool, *, series: bool, slices: bool) -> None:
+    """The summary first (status, cost, headline metrics, artifacts, notes, failures); series and slices on request."""
     failure_count, failure_rows = failures
     failure_json = [{"perturbation": f.perturbation, "slice": f.slice, "text": f.text, "expected": f.expected,
                      "predicted": f.predicted} for f in failure_rows]
     if as_json:
         emit_json({
             "job": render.job_json(view),
+            "summary": render.results_summary(view, metrics, failure_count),
             "metrics": [{"name": m.name, "value": m.value, "slice": m.slice, "step": m.step, "attempt": m.attempt} for m in metrics],
             "artifacts": [{"name": a.name, "uri": a.uri, "sha256": a.sha256, "bytes": a.bytes} for a in artifacts],
+            "notes": [{"attempt": attempt, "text": text} for attempt, text in notes],
             "failures": {"count": failure_count, "first": failure_json},
         })
         return
-    say(f"job {view.id} ({view.initiative}): {view.status}, charged {format_micros(view.charged_micros)}")
-    table("metrics", ["name", "slice", "step", "value"], [[m.name, m.slice, m.step, f"{m.value:.6g}"] for m in metrics])
+    for line in render.results_header(view):
+        say(line)
+    headline = render.headline_metrics(metrics)
+    table("headline metrics", ["name", "value"], [[name, f"{value:.6g}"] for name, value in headline.items()]) if headline else say("no headline metrics")
     if artifacts:
         table("artifacts", ["name", "bytes", "sha256", "uri"], [[a.name, a.bytes, a.sha256[:12], a.uri] for a in artifacts])
-    if failure_count:
-        table(f"failure report: first {len(failure_rows)} of {failure_count}", ["perturbation", "slice", "expected", "predicted", "text"],
-              [[f["perturbation"], f["slice"], f["expected"], f["predicted"], f["text"]] for f in failure_json])
+    for attempt, text in notes:
+        say(f"note (attempt {attempt}): {text}")
+    say(f"failure cases: {failure_count}" + (" (listed in `budgetq report`)" if failure_count else ""))
+    stepped = [m for m in metrics if m.step is not None]
+    sliced = [m for m in metrics if m.step is None and m.slice is not None]
+    if slices and sliced:
+        table("per-slice metrics", ["name", "slice", "value"], [[m.name, m.slice, f"{m.value:.6g}"] for m in sliced])
+    elif sliced:
+        say(f"{len(sliced)} per-slice values in {len({m.name for m in sliced})} metrics: show them with --slices")
+    if series and stepped:
+        table("per-step series", ["name", "slice", "step", "value"], [[m.name, m.slice, m.step, f"{m.value:.6g}"] for m in stepped])
+    elif stepped:
+        say(f"{len(stepped)} per-step values in {len({(m.name, m.slice) for m in stepped})} series: show them with --series")
+
+
+@app.command("report")
+def report(
+    budget: Optional[str] = typer.Option(None, help="Only this budget (default: every budget)."),
+    out: Path = typer.Option(Path("budgetq-report"), "--out", help="Folder for index.html and its PNG plots."),
+    as_json: bool = JSON,
+) -> None:
+    """Write a static HTML report with plots (spend, improvement per dollar, curves...) that opens offline."""
+    from models import history
+    from producer.report import write_report
+
+    settings, store = _open()
+    with store.session() as s:
+        data = history.report_data(s, budget=budget)
+    index = write_report(data, out, extra_initiatives=settings.extra_initiatives)
+    emit_json({"report": str(index)}) if as_json else say(f"report written to {index}")
 
 
 # --- worker ---------------------------------------------------------------------------------

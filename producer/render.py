@@ -6,13 +6,14 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import Any, Optional
 
 from rich.console import Console
 from rich.table import Table
 
-from models.views import BudgetView, JobView
-from core.money import dollars, format_micros
+from models.views import BudgetEvent, BudgetView, JobView
+from producer.forecast import Forecast, PlanForecast
+from core.money import dollars, format_micros, format_share
 from core.settings import mask_url
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and split ids; use a wide line.
@@ -98,3 +99,80 @@ def improvement_tables(budget: str, groups: list) -> None:
     if plain:
         table(f"budget {budget}: jobs with no improvement metric", ["entry", "initiative", "succeeded", "charged"],
               [[g.group, g.initiative, f"{g.succeeded}/{g.jobs}", format_micros(g.charged_micros)] for g in plain])
+# --- spend: thresholds, forecasts, a job's summary -------------------------------------------
+
+
+def event_json(e: BudgetEvent) -> dict[str, Any]:
+    return {"budget": e.budget, "threshold": format_share(e.threshold_ppm), "spent": dollars(e.spent_micros),
+            "total": dollars(e.total_micros), "job_id": e.job_id, "at": e.created_at}
+
+
+def event_line(e: BudgetEvent) -> str:
+    at = e.created_at.strftime("%Y-%m-%d %H:%M:%S")
+    by = f" (job {e.job_id})" if e.job_id else ""
+    return f"{at} spending reached {format_share(e.threshold_ppm)}: {format_micros(e.spent_micros)} of {format_micros(e.total_micros)}{by}"
+
+
+def forecast_json(f: Optional[Forecast], cap_micros: int) -> Any:
+    if f is None:
+        return "unknown"
+    return {"low": dollars(f.low_micros), "expected": dollars(f.expected_micros), "high": dollars(f.high_micros),
+            "low_micros": f.low_micros, "expected_micros": f.expected_micros, "high_micros": f.high_micros,
+            "history_jobs": f.jobs, "method": f.method, "expected_exceeds_cap": f.expected_micros > cap_micros}
+
+
+def dry_run_json(plan: Any, decisions: list[Any], fc: PlanForecast) -> dict[str, Any]:
+    return {
+        "plan": plan.name, "budget": plan.budget, "device": fc.device,
+        "rate_per_hour": None if fc.rate_micros_per_hour is None else dollars(fc.rate_micros_per_hour),
+        "left": dollars(fc.left_micros), "worst_case": dollars(fc.worst_case_micros),
+        "worst_case_fits": fc.worst_case_micros <= fc.left_micros,
+        "expected_total": dollars(fc.expected_micros), "unknown_forecasts": fc.unknown,
+        "entries": [{
+            "name": d.entry, "initiative": d.initiative, "estimate": format_micros(d.estimate_micros),
+            "admitted": d.admitted, "reason": d.reason, "job_id": None,
+            "forecast": forecast_json(fc.entries[d.entry], d.estimate_micros),
+        } for d in decisions],
+    }
+
+
+def dry_run_row(d: Any, f: Optional[Forecast]) -> list[str]:
+    decision = "admit" if d.admitted else f"reject: {d.reason}"
+    if f is None:
+        return [d.entry, d.initiative, format_micros(d.estimate_micros), "unknown", "unknown", "unknown", "none", decision]
+    over = " (over its cap: it would stop on its budget)" if f.expected_micros > d.estimate_micros else ""
+    return [d.entry, d.initiative, format_micros(d.estimate_micros), format_micros(f.low_micros),
+            format_micros(f.expected_micros) + over, format_micros(f.high_micros), f"{f.jobs} job(s), {f.method}", decision]
+
+
+def dry_run_totals(fc: PlanForecast) -> str:
+    verdict = "fits" if fc.worst_case_micros <= fc.left_micros else "does NOT fit"
+    unknown = f" plus {fc.unknown} unknown" if fc.unknown else ""
+    return (f"worst case (every cap spent): {format_micros(fc.worst_case_micros)} against {format_micros(fc.left_micros)} left:"
+            f" {verdict}; expected: {format_micros(fc.expected_micros)}{unknown}")
+
+
+def headline_metrics(metrics: list[Any]) -> dict[str, float]:
+    """The last value of every metric logged without a slice or a step, in the order first logged."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        if m.slice is None and m.step is None:
+            out[m.name] = m.value
+    return out
+
+
+def results_header(j: JobView) -> list[str]:
+    lines = [f"job {j.id} ({j.initiative}) in budget {j.budget}: {j.status} after {j.attempts} attempt(s)",
+             f"cost: charged {format_micros(j.charged_micros)} of its {format_micros(j.estimate_micros)} estimate"
+             + (f", {format_micros(j.reserved_micros)} still reserved" if j.reserved_micros else "")
+             + (f"; ran on {j.device}" if j.device else "")
+             + (f", {j.work_steps} training steps" if j.work_steps is not None else "")]
+    if j.error:
+        lines.append(f"stopped: {j.error}")
+    return lines
+
+
+def results_summary(j: JobView, metrics: list[Any], failure_count: int) -> dict[str, Any]:
+    return {"status": j.status, "attempts": j.attempts, "charged": dollars(j.charged_micros),
+            "estimate": dollars(j.estimate_micros), "device": j.device, "work_steps": j.work_steps,
+            "headline": headline_metrics(metrics), "failure_count": failure_count}

@@ -26,7 +26,9 @@ def plan(embedded, tmp_path):
 
 
 def decisions(done) -> dict[str, str]:
-    return {d["name"]: d["reason"] or "admitted" for d in json.loads(done.stdout)}
+    doc = json.loads(done.stdout)
+    entries = doc["entries"] if isinstance(doc, dict) else doc  # a dry run wraps them with its totals
+    return {d["name"]: d["reason"] or "admitted" for d in entries}
 
 
 def test_a_dry_run_shows_what_would_be_admitted_and_writes_nothing(embedded, plan):
@@ -38,6 +40,14 @@ def test_a_dry_run_shows_what_would_be_admitted_and_writes_nothing(embedded, pla
         "follower": "runs after 'too-much', which was rejected",
     }
     assert snapshot(db) == before
+
+
+def test_a_dry_run_without_history_says_unknown_and_shows_the_worst_case_against_what_is_left(embedded, plan):
+    doc = json.loads(embedded.ok("plan", "run", plan, "--dry-run", "--json").stdout)
+    assert {e["forecast"] for e in doc["entries"]} == {"unknown"}
+    assert (doc["worst_case"], doc["left"], doc["worst_case_fits"], doc["unknown_forecasts"]) == ("1.150000", "1.000000", False, 4)
+    shown = embedded.ok("plan", "run", plan, "--dry-run").stdout
+    assert "unknown" in shown and "worst case (every cap spent): $1.15 against $1.00 left: does NOT fit" in shown
 
 
 def test_partial_admits_what_fits_in_rank_order_and_rejects_dependents_of_the_rejected(embedded, plan):

@@ -20,14 +20,16 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import specs
 from core.errors import BudgetStop, ClaimRefused, LeaseLost, PermanentError, RetryableError
+from core.money import format_micros
 from core.queue import publish_after_commit
 from core.settings import Settings, current_settings
 from core.status import Stop, StopReason, describe, next_status
-from models import ledger, queries, views
+from models import ledger, queries, spend, views
 from models.db import Ledger
-from models.views import Claim
+from models.views import Claim, Usage
 from worker.context import FailureRow, MetricRow, PriorResult
 from worker.initiatives import load_payload
+from worker.usage import loaded_device, work_steps
 
 log = logging.getLogger("budgetq.worker")
 
@@ -190,6 +192,8 @@ class Runtime:
         self.settings = settings
         self.store = Ledger(settings.database_url)
         self.pid = os.getpid()
+        self._device: Optional[str] = None  # learned from the first job that loads torch
+        self._device_recorded = False
 
     def time_limits(self, job_id: str, reserved: Optional[int] = None) -> tuple[Optional[float], Optional[float]]:
         """Hard and soft limits from what is still reserved, at this worker's price.
@@ -245,13 +249,16 @@ class Runtime:
 
     def _settle(self, claim: Claim, ctx: WorkerContext, stop: Optional[Stop]) -> str:
         status = next_status(stop, attempts=claim.attempt, max_attempts=claim.max_attempts)
+        usage = self._usage(ctx)
         try:
             with self.store.session() as s:
                 closed = ledger.settle_job(
                     s, job_id=claim.job_id, attempt=claim.attempt, worker=self.settings.worker_name, status=status,
                     cost_micros=ctx.meter.cost_micros(), stop=stop, metrics=ctx.metrics, artifacts=ctx.artifacts,
-                    failures=ctx.failures, notes=ctx.warnings,
+                    failures=ctx.failures, notes=ctx.warnings, usage=usage,
                 )
+                if self._device and not self._device_recorded:  # once per process, with a settlement
+                    spend.set_worker_device(s, name=self.settings.worker_name, device=self._device)
                 # What to publish next: the job itself if requeued, or the dependents it unblocked.
                 if closed.status == "requeued":
                     ready = ledger.ready_to_publish(s, job_ids=[claim.job_id])
@@ -260,12 +267,27 @@ class Runtime:
         except LeaseLost as lost:
             log.warning("%s", lost)
             return "lease_lost"
+        self._device_recorded = self._device is not None
         log.info("job %s (%s) attempt %s %s%s; charged %s micro-dollars", claim.job_id, claim.initiative, claim.attempt,
                  closed.status, f": {describe(stop)}" if stop else "", closed.charge_micros)
+        log_crossings(closed)
         shutil.rmtree(ctx.work_path, ignore_errors=True)
         if ready:
             publish_after_commit(self.store, ready)
         return closed.status
+
+    def _usage(self, ctx: WorkerContext) -> Usage:
+        """Where the attempt ran and the training it did (the device: from the first job that loads torch)."""
+        self._device = self._device or loaded_device()
+        rate = self.settings.price_micros_per_hour // self.settings.concurrency
+        return Usage(self._device or "cpu", rate, work_steps(ctx.metrics))
+
+
+def log_crossings(closed: views.Closed) -> None:
+    """Warn about each spending threshold a settlement or a reap crossed (recorded once in the ledger)."""
+    for event in closed.crossed:
+        log.warning("budget %s: spending reached %s of its total (%s of %s) with job %s", event.budget, event.threshold,
+                    format_micros(event.spent_micros), format_micros(event.total_micros), closed.job_id)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from core.settings import Settings
 from models import ledger, queries
 from models.db import Ledger
 from worker.runtime import configure as configure_runtime
+from worker.runtime import log_crossings
 
 log = logging.getLogger("budgetq.worker")
 
@@ -79,6 +80,7 @@ class Upkeep(threading.Thread):
         reaped, _ = reap(self.store, resend_after_seconds=self.settings.resend_after_seconds, queues=self.queues)
         for closed in reaped:
             log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
+            log_crossings(closed)
         if self.burst and self._nothing_left():
             self._idle_checks += 1
             if self._idle_checks >= 2:

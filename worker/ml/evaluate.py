@@ -236,7 +236,23 @@ def ood_rows(method: str, val: tuple[Any, Any, Any], test: tuple[Any, Any, Any])
         "in_scope_accuracy": float(np.mean(correct & (in_scores >= threshold))),
         "oos_recall": float(np.mean(oos_scores < threshold)),
     }
-    return [MetricRow(f"ood.{method}.{name}", float(value)) for name, value in values.items()]
+    rows = [MetricRow(f"ood.{method}.{name}", float(value)) for name, value in values.items()]
+    return rows + roc_rows(method, truth, np.r_[in_scores, oos_scores])
+
+
+def roc_rows(method: str, truth: Any, scores: Any, points: int = 21) -> list[MetricRow]:
+    """The test ROC at ``points`` evenly spaced false positive rates, point i as step i (for the report's plot).
+
+    At each rate the true positive rate is the best any threshold reaches without passing that rate.
+    """
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth, scores)
+    grid = np.linspace(0.0, 1.0, points)
+    best = [float(tpr[fpr <= x].max()) for x in grid]  # fpr starts at 0: never empty
+    return ([MetricRow(f"ood.{method}.roc_fpr", float(x), step=i) for i, x in enumerate(grid)]
+            + [MetricRow(f"ood.{method}.roc_tpr", y, step=i) for i, y in enumerate(best)])
 
 
 def choose_threshold(in_scores: Any, correct: Any, oos_scores: Any) -> float:
