@@ -42,6 +42,7 @@ from core.errors import (
     LeaseLost,
     NotFound,
 )
+from core.limits import KEY_LENGTH, check_name, check_rank, check_text
 from core.money import format_micros
 from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, describe
 from models.queries import _job_by_key, get_budget, get_job
@@ -118,6 +119,10 @@ def admit_job(
     ``created=False``, reserving nothing. Raises ``BudgetExhausted`` saying what is left. A
     refused admission leaves nothing behind, even inside a caller's larger transaction.
     """
+    check_name(queue, what="queue")
+    check_rank(rank)
+    if idempotency_key is not None:
+        check_text(idempotency_key, what="idempotency key", longest=KEY_LENGTH)
     job = dict(
         id=uuid.uuid4().hex, initiative=initiative, queue=queue, params=params, status="admitted", rank=rank,
         estimate_micros=estimate_micros, reserved_micros=estimate_micros, charged_micros=0, metered_micros=0,

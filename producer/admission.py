@@ -44,13 +44,15 @@ def submit(
 
 def run_plan(store: Ledger, settings: Settings, plan: Plan, *, partial: bool) -> list[Decision]:
     """Admit a plan in rank order: all or nothing, or job by job with ``partial``."""
-    with store.session() as s:
-        if plan.total_micros is not None and not _budget_exists(s, plan.budget):
-            ledger.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
     if partial:
+        with store.session() as s:
+            _create_budget_if_asked(s, plan)
         decisions = _admit_each(store, settings, plan)
     else:
+        # The budget is created in the admission's own transaction: a plan refused as a whole leaves
+        # no budget behind either.
         with store.session() as s:
+            _create_budget_if_asked(s, plan)
             decisions = _admit_all(s, settings, plan)
     _publish_ready(store, [d.job for d in decisions if d.job is not None])
     return decisions
@@ -130,6 +132,11 @@ def _admit_entry(s, settings: Settings, plan: Plan, entry: PlanEntry, ids: dict[
         max_attempts=entry.max_attempts or plan.max_attempts or settings.max_attempts,
         idempotency_key=plan.key(entry), rank=entry.rank, after=[ids[d] for d in entry.after],
     )
+
+
+def _create_budget_if_asked(s, plan: Plan) -> None:
+    if plan.total_micros is not None and not _budget_exists(s, plan.budget):
+        ledger.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
 
 
 def _budget_exists(s, name: str) -> bool:

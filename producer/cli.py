@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
 
 from models import ledger, queries
 from models.db import Ledger
-from core.errors import BudgetqError, InvalidInput
+from core.errors import BackendUnavailable, BudgetqError, ConfigError, InvalidInput
+from core.limits import check_name
 from core.money import format_micros, parse_dollars
 from core.settings import Settings, load_settings, mask_url
 from producer import render
@@ -35,6 +36,8 @@ for sub, name in ((db_app, "db"), (budget_app, "budget"), (plan_app, "plan"), (j
     app.add_typer(sub, name=name)
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+MAX_SECONDS = 10 * 365 * 86_400  # a bound for every duration option: finite, and within a timedelta
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _open(*, at_head: bool = True) -> tuple[Settings, Ledger]:
@@ -144,6 +147,8 @@ def submit(
 
     estimate_micros = parse_dollars(estimate, what="--estimate")
     params = _parse_params(param)
+    if queue is not None:
+        check_name(queue, what="--queue")
     settings, store = _open()
     job, created = admit(
         store, settings, budget=budget, initiative=initiative, estimate_micros=estimate_micros, params=params,
@@ -202,7 +207,7 @@ def plan_run(
 @jobs_app.command("list")
 def jobs_list(
     budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None,
-    limit: int = typer.Option(200, min=1), as_json: bool = JSON,
+    limit: int = typer.Option(200, min=1, max=10_000), as_json: bool = JSON,
 ) -> None:
     """Jobs, newest first."""
     from core.status import JobStatus
@@ -246,7 +251,7 @@ def jobs_cancel(job_id: str, as_json: bool = JSON) -> None:
 
 @jobs_app.command("resend")
 def jobs_resend(
-    older_than: float = typer.Option(60.0, min=0, help="Seconds since the job was last published."),
+    older_than: float = typer.Option(60.0, min=0, max=MAX_SECONDS, help="Seconds since the job was last published."),
     as_json: bool = JSON,
 ) -> None:
     """Re-publish queued jobs that no worker has claimed for a while."""
@@ -367,10 +372,17 @@ def main() -> None:
     except click_errors.UsageError as exc:
         where = f"budgetq {exc.ctx.command_path.split(' ', 1)[-1]}" if exc.ctx and " " in exc.ctx.command_path else "budgetq"
         _fail(f"{exc.format_message()} (see `{where} --help`)", 2)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _fail("aborted", 130)
     except BudgetqError as exc:
         _fail(str(exc), exc.exit_code)
+    except ConnectionError as exc:
+        _fail(f"{exc}; check that the database and the broker are up", BackendUnavailable.exit_code)
+    except OSError as exc:
+        # A file or folder the command needs cannot be used (permissions, a full disk, a path through
+        # a file): the user's to fix, so one line, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space", ConfigError.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 
