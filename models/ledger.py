@@ -269,7 +269,7 @@ _CLAIM = (
     )
     .values(
         status="running", attempts=jobs_t.c.attempts + 1, worker=bindparam("owner"),
-        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0,
+        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0, progress=None,
         started_at=_NOW, updated_at=_NOW,
     )
     .returning(jobs_t.c.attempts, jobs_t.c.max_attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
@@ -309,21 +309,24 @@ _HEARTBEAT = (
     .values(
         metered_micros=case((jobs_t.c.reserved_micros < _METERED, jobs_t.c.reserved_micros), else_=_METERED),
         lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), updated_at=_NOW,
+        progress=bindparam("progress", type_=jobs_t.c.progress.type),
     )
     .returning(jobs_t.c.reserved_micros, jobs_t.c.cancel_requested)
 )
 
 
-def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float) -> Beat:
+def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float,
+              progress: Optional[dict[str, Any]] = None) -> Beat:
     """Record the cost metered so far and extend the lease; say whether the worker must stop.
 
-    The metered cost is capped at the reservation in SQL. ``LeaseLost`` means the attempt was
+    The metered cost is capped at the reservation in SQL. ``progress`` (the payload's last step,
+    total, loss and stage, or None) rides along for displays. ``LeaseLost`` means the attempt was
     reaped or the job settled elsewhere.
     """
     now = utcnow()
     row = s.execute(_HEARTBEAT, {
         "job_id": job_id, "attempt": attempt, "owner": worker, "metered": metered_micros,
-        "lease_end": now + timedelta(seconds=lease_seconds), "now": now,
+        "lease_end": now + timedelta(seconds=lease_seconds), "now": now, "progress": progress,
     }).one_or_none()
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")

@@ -47,6 +47,7 @@ class JobView:
     started_at: Optional[datetime]
     finished_at: Optional[datetime]
     after: tuple[str, ...] = ()
+    progress: Optional[dict[str, Any]] = None  # the running attempt's last reported step, total, loss and stage
 
 
 @dataclass(frozen=True)
@@ -128,4 +129,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
         max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
         error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
+        progress=dict(j.progress) if j.progress else None,
     )
