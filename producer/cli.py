@@ -1,7 +1,8 @@
 """``budgetq``: the command line. Parse, validate, admit, enqueue after commit, query.
 
 Exit codes: 0 ok, 1 audit found problems, 2 bad input, 3 budget exhausted, 4 not found,
-5 backend unreachable. Every error is one line on stderr saying what was wrong and how to fix it.
+5 backend unreachable, 6 the demo ran but a job did not succeed. Every error is one line on stderr
+saying what was wrong and how to fix it.
 """
 
 from __future__ import annotations
