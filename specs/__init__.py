@@ -199,4 +199,10 @@ def _number(initiative: str, key: str, value: Any, hint: type) -> Any:
         raise InvalidInput(f"parameter {key!r} of {initiative!r} wants {hint.__name__}, got {value!r}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise InvalidInput(f"parameter {key!r} of {initiative!r} must be finite, got {value!r}")
+    if hint is int and abs(number) > _LARGEST_INT:
+        # Parameters travel as JSON; past 2**53 other JSON readers lose digits, and no count is that large.
+        raise InvalidInput(f"parameter {key!r} of {initiative!r} must be within +-{_LARGEST_INT}, got {value!r}")
     return number
+
+
+_LARGEST_INT = 2**53

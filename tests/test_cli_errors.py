@@ -114,6 +114,8 @@ CASES = [
     Case(submit("--param", "bogus=1"), BAD_INPUT, "no parameter 'bogus'"),
     Case(submit("--param", "seconds=-1"), BAD_INPUT, "seconds must be in"),
     Case(submit("--param", "seconds=nan"), BAD_INPUT, "must be finite"),
+    Case(["submit", "baseline", "--budget", "b", "--estimate", "0.01", "--param", "steps=99999999999999999999"], BAD_INPUT,
+         "must be within +-9007199254740992"),
     Case(submit("-p", "seconds=1", "-p", "seconds=2"), BAD_INPUT, "given twice", pg=False),
     Case(submit("--after", "ghost"), NOT_FOUND, "no job 'ghost'"),
     Case(submit("--max-attempts", "0"), BAD_INPUT, "--max-attempts", pg=False),
