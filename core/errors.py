@@ -45,6 +45,12 @@ class BackendUnavailable(BudgetqError):
     exit_code = 5
 
 
+class JobsUnfinished(BudgetqError):
+    """A run ended but some of its jobs did not succeed (``budgetq demo``)."""
+
+    exit_code = 6
+
+
 class ClaimRefused(BudgetqError):
     """A job is not claimable: a duplicate delivery, a cancelled job, or unmet dependencies."""
 

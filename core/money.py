@@ -5,6 +5,7 @@ Users type and read dollars as decimal strings; ``parse_dollars`` is the only wa
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 
 from core.errors import InvalidInput
@@ -12,27 +13,45 @@ from core.errors import InvalidInput
 MICROS_PER_DOLLAR = 1_000_000
 # Far above any compute budget, far below a BIGINT's range (9.2e18 micros).
 MAX_DOLLARS = Decimal(1_000_000_000)
+# Plain ASCII decimals only: `1`, `1.25`, `$0.25`. Python's Decimal would also take `1e3`, `1_000`
+# and non-ASCII digits such as `１`, which a person reading a plan or a shell history would misread.
+_PLAIN = re.compile(r"\$?(?P<whole>[0-9]+)(?:\.(?P<fraction>[0-9]+))?", re.ASCII)
+_LONGEST = 40  # characters: longer text is refused before Decimal reads it
 
 
 def parse_dollars(text: object, *, what: str = "amount") -> int:
     """Parse a dollar string such as ``"1.00"`` or ``"$0.25"`` into micro-dollars."""
-    raw = str(text).strip()
-    if raw.startswith("$"):
-        raw = raw[1:]
+    raw = "" if isinstance(text, bool) else str(text).strip()
+    shown = _shown(text)
+    match = _PLAIN.fullmatch(raw)
+    if match is None:
+        raise InvalidInput(f"{what} {shown} {_why_not_plain(raw)}")
+    whole, fraction = match.group("whole").lstrip("0") or "0", match.group("fraction") or ""
+    if len(fraction) > 6:
+        raise InvalidInput(f"{what} {shown} has more than 6 decimals; the smallest unit is $0.000001")
+    if len(whole) > len(str(MAX_DOLLARS)) or Decimal(f"{whole}.{fraction or '0'}") > MAX_DOLLARS:
+        raise InvalidInput(f"{what} {shown} is absurdly large; the most budgetq takes is ${MAX_DOLLARS}")
+    return int(whole) * MICROS_PER_DOLLAR + int(fraction.ljust(6, "0"))
+
+
+def _why_not_plain(raw: str) -> str:
+    """Why ``raw`` is refused, and how to write it instead."""
     try:
-        value = Decimal(raw)
+        value = Decimal(raw.removeprefix("$")) if len(raw) <= _LONGEST else None
     except (InvalidOperation, ValueError):
-        raise InvalidInput(f"{what} {text!r} is not a dollar amount; write it like 1.00 or 0.25") from None
-    if not value.is_finite():
-        raise InvalidInput(f"{what} {text!r} is not a finite number; write it like 1.00")
-    if value < 0 or value.is_signed():
-        raise InvalidInput(f"{what} {text!r} is negative; amounts are zero or more dollars")
-    if value > MAX_DOLLARS:
-        raise InvalidInput(f"{what} {text!r} is absurdly large; the most budgetq takes is ${MAX_DOLLARS}")
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -6:
-        raise InvalidInput(f"{what} {text!r} has more than 6 decimals; the smallest unit is $0.000001")
-    return int(value * MICROS_PER_DOLLAR)
+        value = None
+    if value is not None and not value.is_finite():
+        return "is not a finite number; write it like 1.00"
+    if (value is not None and value.is_signed()) or raw.lstrip("$").startswith("-"):
+        return "is negative; amounts are zero or more dollars"
+    if value is not None:
+        return "is not a plain decimal; write it with ASCII digits and a point only, like 1000 or 0.25 (no exponent or '_')"
+    return "is not a dollar amount; write it like 1.00 or 0.25"
+
+
+def _shown(text: object) -> str:
+    shown = repr(text if isinstance(text, str) else str(text))
+    return shown if len(shown) <= 60 else shown[:57] + "...'"
 
 
 def format_micros(micros: int) -> str:

@@ -28,7 +28,9 @@ RUN_JOB = "budgetq.run_job"
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("budgetq", broker=settings.broker_url, set_as_current=True)
+    # The filesystem transport ignores the host, but kombu warns at every start when there is none.
+    broker = "filesystem://localhost/" if settings.embedded_broker else settings.broker_url
+    app = Celery("budgetq", broker=broker, set_as_current=True)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -7,6 +7,7 @@ embedded defaults: a SQLite ledger and a filesystem broker under ``BUDGETQ_HOME`
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -19,14 +20,32 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError, InvalidInput
+from core.limits import check_name
 from core.money import parse_dollars
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@\s]*:)(?P<password>[^@\s]+)@")
+# `scheme://user:password@host`: the password runs to the last '@' of the URL (a password may hold
+# '@' itself), so everything from the ':' to that '@' is hidden. Over-masking is the safe mistake.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@\s'\"]*:)(?P<password>[^\s'\"]*)@")
+# `?password=...` in a URL's query, or `password=...` in a libpq key=value string.
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>\b(?:password|passwd|pwd)=)(?P<password>[^&\s'\"]+)", re.IGNORECASE)
 
 
 def mask_url(text: str) -> str:
-    """Replace any password inside ``scheme://user:password@host`` with ``***``."""
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
+    """Replace every password in ``text`` with ``***``: ``user:password@`` in URLs and ``password=`` parameters."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m.group('head')}***@", text)
+    return _PASSWORD_PARAMETER.sub(lambda m: f"{m.group('head')}***", text)
+
+
+class PasswordMask(logging.Filter):
+    """A log handler filter that masks passwords in each record's message and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_url(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_url(record.exc_text)
+        return True
 
 
 def _finite(name: str, value: float, *, low: float, high: float) -> float:
@@ -57,6 +76,12 @@ class Settings(BaseSettings):
     checkpoint_location: str = Field("", validation_alias="CHECKPOINT_DIR")  # empty: under home
     extra_initiatives: str = Field("", validation_alias="BUDGETQ_INITIATIVES")
     clinc150_dir: str = Field("", validation_alias="CLINC150_DIR")
+    # Debian's wordnet-base; without it (and without WordNet on NLTK's own data path) the steps that
+    # need WordNet are skipped with a note on the job.
+    wordnet_dir: Path = Field(Path("/usr/share/wordnet"), validation_alias="WORDNET_DIR")
+    # Off a terminal a worker logs a running job's step, loss and cost at most this often (and at
+    # most every 10% of its steps).
+    progress_log_seconds: float = Field(30.0, validation_alias="PROGRESS_LOG_SECONDS")
 
     @model_validator(mode="before")
     @classmethod
@@ -66,7 +91,7 @@ class Settings(BaseSettings):
             home = Path(data.get("BUDGETQ_HOME") or ".budgetq").absolute()
             data["BUDGETQ_HOME"] = home
             data.setdefault("DATABASE_URL", f"sqlite:///{home / 'ledger.db'}")
-            data.setdefault("WORKER_NAME", f"{socket.gethostname()}-{os.getpid()}")
+            data.setdefault("WORKER_NAME", f"{socket.gethostname()[:80]}-{os.getpid()}")
         return data
 
     @field_validator("price_micros_per_hour", mode="before")
@@ -94,6 +119,59 @@ class Settings(BaseSettings):
     def _resend(cls, value: float) -> float:
         return _finite("RESEND_AFTER_SECONDS", value, low=0, high=86_400)
 
+    @field_validator("progress_log_seconds")
+    @classmethod
+    def _progress_log(cls, value: float) -> float:
+        return _finite("PROGRESS_LOG_SECONDS", value, low=0, high=86_400)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError(
+                f"DATABASE_URL {mask_url(value)!r} is not a database budgetq supports;"
+                " use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+            )
+        if value.split("://", 1)[1].split("?", 1)[0].count("@") > 1:
+            # SQLAlchemy would split at the first '@' and put the rest of the password in the host
+            # name, which then shows in every "cannot resolve host" error.
+            raise ValueError(f"DATABASE_URL {mask_url(value)!r} has a password holding '@'; write it as %40 (URL-encoded)")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        for url in value.split(";"):  # Celery takes fail-over brokers separated by ';'
+            _check_broker(url.strip())
+        return value
+
+    @field_validator("home", "artifact_location", "checkpoint_location")
+    @classmethod
+    def _folder(cls, value: Any, info) -> Any:
+        if value:
+            _check_folder(Path(value), name=str(cls.model_fields[info.field_name].validation_alias))
+        return value
+
+    @field_validator("worker_name")
+    @classmethod
+    def _worker_name(cls, value: str) -> str:
+        return _as_value_error(check_name, value, what="WORKER_NAME")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _instance_type(cls, value: str) -> str:
+        return _as_value_error(check_name, value, what="WORKER_INSTANCE_TYPE")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> "Settings":
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than LEASE_SECONDS ({self.lease_seconds:g}),"
+                " or every running job's lease expires between heartbeats"
+            )
+        return self
+
     @field_validator("queue_routes", mode="before")
     @classmethod
     def _routes(cls, value: Any) -> dict[str, str]:
@@ -105,6 +183,8 @@ class Settings(BaseSettings):
                 raise ValueError(shape) from None
         if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
             raise ValueError(shape)
+        for queue in value.values():
+            _as_value_error(check_name, queue, what="QUEUE_ROUTES: queue")
         return value
 
     @property
@@ -149,13 +229,72 @@ def current_settings() -> Settings:
 
 
 _VARIABLES = {str(f.validation_alias) for f in Settings.model_fields.values()}
+_DATABASE_SCHEMES = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
+_BROKER_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+]*)://", re.ASCII)
+
+
+def _as_value_error(check, value: Any, **kwargs: Any) -> Any:
+    """Run a check that raises ``InvalidInput`` inside a pydantic validator (which wants ``ValueError``)."""
+    try:
+        return check(value, **kwargs)
+    except InvalidInput as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_broker(url: str) -> None:
+    """A broker URL kombu can parse, for a transport that is installed; checked before anything is written."""
+    from kombu.transport import TRANSPORT_ALIASES, resolve_transport
+    from kombu.utils.imports import symbol_by_name
+    from kombu.utils.url import parse_url
+
+    shown = mask_url(url)
+    match = _BROKER_URL.match(url)
+    scheme = match.group("scheme") if match else ""
+    if scheme not in TRANSPORT_ALIASES or scheme == "memory":  # memory:// cannot reach another process
+        raise ValueError(
+            f"BROKER_URL {shown!r} is not a broker URL; use redis://HOST:6379/0, amqp://USER:PASSWORD@HOST//"
+            " or leave it unset for the embedded filesystem broker"
+        )
+    if scheme == "filesystem":
+        return
+    try:
+        parts = parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"BROKER_URL {shown!r} is malformed ({mask_url(str(exc))}); write it like redis://HOST:6379/0") from None
+    except TypeError:  # kombu's parser fails on a setting given twice, e.g. ?password= in the query
+        raise ValueError(f"BROKER_URL {shown!r} is malformed; give the password once, like redis://:PASSWORD@HOST:6379/0") from None
+    database = (parts.get("virtual_host") or "").strip("/")
+    if scheme in ("redis", "rediss") and database and not database.isdigit():
+        raise ValueError(f"BROKER_URL {shown!r}: a Redis database is a number, like redis://HOST:6379/0")
+    try:
+        symbol_by_name(resolve_transport(scheme))
+    except ImportError as exc:
+        raise ValueError(f"BROKER_URL {shown!r} needs a package that is not installed ({exc})") from None
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 60 else text[:45] + "..." + text[-10:]
+
+
+def _check_folder(folder: Path, *, name: str) -> None:
+    """A folder budgetq may create: it and every existing parent must be a folder, not a file."""
+    for path in (folder, *folder.absolute().parents):
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name too long for the filesystem, say
+            raise ValueError(f"{name}={_shortened(str(folder))!r} is not a usable path ({exc.strerror}); point {name} at a folder") from None
+        if exists:
+            if not path.is_dir():
+                where = "is a file" if path == folder else f"is under {path}, which is a file"
+                raise ValueError(f"{name}={_shortened(str(folder))!r} {where}; point {name} at a folder")
+            return
 
 
 def _first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
     name = next((str(part) for part in error.get("loc", ()) if str(part) in _VARIABLES), "a setting")
     message = str(error.get("msg", "is malformed")).removeprefix("Value error, ")
-    if message.startswith(name):
+    if message.startswith(name) or any(message.startswith(variable) for variable in _VARIABLES):
         return message
     value = error.get("input")
     shown = f"={value!r}" if isinstance(value, (str, int, float)) else ""

@@ -8,6 +8,7 @@ locks serialise writers to the same budget.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +17,21 @@ import sqlalchemy.exc
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
-from core.errors import BackendUnavailable, ConfigError
+from core.errors import BackendUnavailable, ConfigError, InvalidInput
 from core.settings import mask_url
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+def migrations_dir() -> Path:
+    """The alembic scripts: ``models/migrations`` in an installed package, the top-level ``alembic/`` in a checkout.
+
+    pyproject.toml ships ``alembic/`` as the package data ``models.migrations``; a checkout (or an
+    editable install) reads it where it lies.
+    """
+    here = Path(__file__).resolve().parent
+    for folder in (here / "migrations", here.parent / "alembic"):
+        if (folder / "env.py").is_file() and (folder / "versions").is_dir():
+            return folder
+    raise ConfigError(f"budgetq's migrations are missing (looked in {here / 'migrations'} and {here.parent / 'alembic'}); reinstall budgetq")
 
 
 def normalise_url(url: str) -> str:
@@ -32,18 +44,24 @@ def normalise_url(url: str) -> str:
 
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
     try:
+        if url.startswith("sqlite"):
+            return _sqlite_engine(url)
         return create_engine(url, isolation_level="READ COMMITTED", pool_recycle=1800)
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
-        raise ConfigError(f"DATABASE_URL {mask_url(url)!r} is not usable: {exc}") from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as exc:
+        raise ConfigError(f"DATABASE_URL {mask_url(url)!r} is not usable: {_first_line(exc)}") from None
 
 
 def _sqlite_engine(url: str) -> Engine:
-    path = url.split("///", 1)[-1]
+    path = url.split("///", 1)[-1].split("?", 1)[0]
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"DATABASE_URL {mask_url(url)!r}: cannot make the folder {Path(path).parent} ({exc.strerror});"
+                " point DATABASE_URL (or BUDGETQ_HOME) at a folder you can write"
+            ) from None
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -85,6 +103,10 @@ class Ledger:
             raise BackendUnavailable(
                 f"database at {mask_url(self.url)} failed: {_first_line(exc.orig)}; check DATABASE_URL and that the server is up"
             ) from exc
+        except (sqlalchemy.exc.DataError, OverflowError) as exc:
+            # The last line of defence: callers check lengths and ranges before they write, so this
+            # names a check that is missing. The transaction is rolled back: nothing was written.
+            raise InvalidInput(f"a value does not fit the ledger ({_first_line(getattr(exc, 'orig', exc))}); shorten it or use a smaller number") from exc
 
     def require_head(self) -> None:
         """Refuse to run against a database whose schema is not at the latest migration."""
@@ -112,19 +134,40 @@ class Ledger:
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
-        command.upgrade(alembic_config(self.url, engine=self.engine), revision)
+        with _migrating(self.url, revision):
+            command.upgrade(alembic_config(self.url, engine=self.engine), revision)
 
     def downgrade(self, revision: str) -> None:
         from alembic import command
 
-        command.downgrade(alembic_config(self.url, engine=self.engine), revision)
+        with _migrating(self.url, revision):
+            command.downgrade(alembic_config(self.url, engine=self.engine), revision)
+
+
+@contextmanager
+def _migrating(url: str, revision: str) -> Iterator[None]:
+    from alembic.util import CommandError
+
+    if not _REVISION.fullmatch(revision):
+        raise InvalidInput(f"{revision!r} is not a revision; use head, base or a revision such as 0001")
+    try:
+        yield
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        raise BackendUnavailable(f"cannot reach the database at {mask_url(url)}: {_first_line(exc.orig)}; check DATABASE_URL") from exc
+    except CommandError as exc:
+        raise InvalidInput(f"cannot migrate to revision {revision!r}: {_first_line(exc)}; use head, base or a revision such as 0001") from None
+
+
+# The revisions budgetq's migrations take: an id or head/base, optionally with a step (head-1,
+# 0001+1), or a bare step (-1, +2). Alembic meets other text with assertions, not errors.
+_REVISION = re.compile(r"(?:[A-Za-z0-9_]{1,32}(?:[+-][0-9]{1,3})?|[+-][0-9]{1,3})", re.ASCII)
 
 
 def alembic_config(url: str, engine: Engine | None = None):
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["engine"] = engine
     return config

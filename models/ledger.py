@@ -43,6 +43,7 @@ from core.errors import (
     LeaseLost,
     NotFound,
 )
+from core.limits import KEY_LENGTH, check_name, check_rank, check_text
 from core.money import format_micros
 from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, describe
 from models.queries import _job_by_key, get_budget, get_job
@@ -120,6 +121,10 @@ def admit_job(
     ``created=False``, reserving nothing. Raises ``BudgetExhausted`` saying what is left. A
     refused admission leaves nothing behind, even inside a caller's larger transaction.
     """
+    check_name(queue, what="queue")
+    check_rank(rank)
+    if idempotency_key is not None:
+        check_text(idempotency_key, what="idempotency key", longest=KEY_LENGTH)
     job = dict(
         id=uuid.uuid4().hex, initiative=initiative, queue=queue, params=params, status="admitted", rank=rank,
         estimate_micros=estimate_micros, reserved_micros=estimate_micros, charged_micros=0, metered_micros=0,
@@ -266,7 +271,7 @@ _CLAIM = (
     )
     .values(
         status="running", attempts=jobs_t.c.attempts + 1, worker=bindparam("owner"),
-        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0,
+        lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0, progress=None,
         started_at=_NOW, updated_at=_NOW,
     )
     .returning(jobs_t.c.attempts, jobs_t.c.max_attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
@@ -306,21 +311,24 @@ _HEARTBEAT = (
     .values(
         metered_micros=case((jobs_t.c.reserved_micros < _METERED, jobs_t.c.reserved_micros), else_=_METERED),
         lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), updated_at=_NOW,
+        progress=bindparam("progress", type_=jobs_t.c.progress.type),
     )
     .returning(jobs_t.c.reserved_micros, jobs_t.c.cancel_requested)
 )
 
 
-def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float) -> Beat:
+def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float,
+              progress: Optional[dict[str, Any]] = None) -> Beat:
     """Record the cost metered so far and extend the lease; say whether the worker must stop.
 
-    The metered cost is capped at the reservation in SQL. ``LeaseLost`` means the attempt was
+    The metered cost is capped at the reservation in SQL. ``progress`` (the payload's last step,
+    total, loss and stage, or None) rides along for displays. ``LeaseLost`` means the attempt was
     reaped or the job settled elsewhere.
     """
     now = utcnow()
     row = s.execute(_HEARTBEAT, {
         "job_id": job_id, "attempt": attempt, "owner": worker, "metered": metered_micros,
-        "lease_end": now + timedelta(seconds=lease_seconds), "now": now,
+        "lease_end": now + timedelta(seconds=lease_seconds), "now": now, "progress": progress,
     }).one_or_none()
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")

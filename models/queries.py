@@ -5,13 +5,15 @@ Nothing here writes; every state change lives in ``models.ledger``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from core.errors import NotFound
-from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, LedgerEntry, Metric
+from core.status import FINAL_STATUSES
+from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, JobNote, LedgerEntry, Metric
 from models.views import (
     AuditProblem,
     BudgetView,
@@ -20,6 +22,8 @@ from models.views import (
     _budget_view,
     _job_view,
 )
+
+_FINAL = tuple(s.value for s in FINAL_STATUSES)
 
 
 def get_budget(s: Session, *, name: str) -> BudgetView:
@@ -161,3 +165,22 @@ def job_failures(s: Session, *, job_id: str, limit: int = 20) -> tuple[int, list
     count = s.scalar(select(func.count()).select_from(FailureCase).where(FailureCase.job_id == job_id)) or 0
     rows = list(s.scalars(select(FailureCase).where(FailureCase.job_id == job_id).order_by(FailureCase.id).limit(limit)))
     return count, rows
+
+
+def jobs_in_play(s: Session, *, queues: list[str], since: datetime) -> list[JobView]:
+    """Jobs on ``queues`` that wait or run now, or finished since ``since``: what a worker's display follows."""
+    rows = s.execute(
+        select(Job, Budget.name)
+        .join(Budget, Budget.id == Job.budget_id)
+        .where(Job.queue.in_(queues), or_(Job.status.not_in(_FINAL), Job.finished_at >= since))
+        .order_by(Job.created_at, Job.rank)
+    ).all()
+    return [_job_view(job, name, ()) for job, name in rows]
+
+
+def job_notes(s: Session, *, job_ids: list[str]) -> dict[str, list[str]]:
+    """The warnings each job recorded (a skipped step, a carved split), oldest first."""
+    notes: dict[str, list[str]] = {}
+    for job_id, text in s.execute(select(JobNote.job_id, JobNote.text).where(JobNote.job_id.in_(job_ids)).order_by(JobNote.id)):
+        notes.setdefault(job_id, []).append(text)
+    return notes

@@ -93,6 +93,9 @@ class Job(Base):
     error: Mapped[Optional[str]] = mapped_column(Text)
     # Why the last attempt ended early (budget, cancel, preemption, time_limit, error, lost); NULL if it finished.
     stop_reason: Mapped[Optional[str]] = mapped_column(String(20))
+    # The running attempt's progress as of its last heartbeat ({"step", "total", "loss", "stage"}); NULL
+    # until the payload reports some. For displays only: nothing decides anything on it.
+    progress: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

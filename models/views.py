@@ -51,6 +51,7 @@ class JobView:
     device: Optional[str] = None
     rate_micros_per_hour: Optional[int] = None
     work_steps: Optional[int] = None
+    progress: Optional[dict[str, Any]] = None  # the running attempt's last reported step, total, loss and stage
 
 
 @dataclass(frozen=True)
@@ -157,4 +158,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
         error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
         device=j.device, rate_micros_per_hour=j.rate_micros_per_hour, work_steps=j.work_steps,
+        progress=dict(j.progress) if j.progress else None,
     )

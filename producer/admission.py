@@ -48,13 +48,15 @@ def submit(
 
 def run_plan(store: Ledger, settings: Settings, plan: Plan, *, partial: bool) -> list[Decision]:
     """Admit a plan in rank order: all or nothing, or job by job with ``partial``."""
-    with store.session() as s:
-        if plan.total_micros is not None and not _budget_exists(s, plan.budget):
-            ledger.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
     if partial:
+        with store.session() as s:
+            _create_budget_if_asked(s, plan)
         decisions = _admit_each(store, settings, plan)
     else:
+        # The budget is created in the admission's own transaction: a plan refused as a whole leaves
+        # no budget behind either.
         with store.session() as s:
+            _create_budget_if_asked(s, plan)
             decisions = _admit_all(s, settings, plan)
     _publish_ready(store, [d.job for d in decisions if d.job is not None])
     return decisions
@@ -194,6 +196,9 @@ def _model_source_of(job: JobView, extra: str) -> Optional[str]:
     if spec.makes_model:
         return job.id
     return job.params.get("model_job") or None if spec.uses_model else None
+def _create_budget_if_asked(s, plan: Plan) -> None:
+    if plan.total_micros is not None and not _budget_exists(s, plan.budget):
+        ledger.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
 
 
 def _budget_exists(s, name: str) -> bool:

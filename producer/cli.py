@@ -1,7 +1,8 @@
 """``budgetq``: the command line. Parse, validate, admit, enqueue after commit, query.
 
 Exit codes: 0 ok, 1 audit found problems, 2 bad input, 3 budget exhausted, 4 not found,
-5 backend unreachable. Every error is one line on stderr saying what was wrong and how to fix it.
+5 backend unreachable, 6 the demo ran but a job did not succeed. Every error is one line on stderr
+saying what was wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ except ImportError:  # pragma: no cover
 
 from models import ledger, queries, spend
 from models.db import Ledger
-from core.errors import BudgetqError, InvalidInput, NotFound
+from core.errors import BackendUnavailable, BudgetqError, ConfigError, InvalidInput, NotFound
+from core.limits import check_name
 from core.money import format_micros, format_share, parse_dollars, parse_share
 from core.settings import Settings, load_settings, mask_url
 from producer import render
@@ -35,6 +37,8 @@ for sub, name in ((db_app, "db"), (budget_app, "budget"), (plan_app, "plan"), (j
     app.add_typer(sub, name=name)
 
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+MAX_SECONDS = 10 * 365 * 86_400  # a bound for every duration option: finite, and within a timedelta
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _open(*, at_head: bool = True) -> tuple[Settings, Ledger]:
@@ -194,6 +198,8 @@ def submit(
 
     estimate_micros = parse_dollars(estimate, what="--estimate")
     params = _parse_params(param)
+    if queue is not None:
+        check_name(queue, what="--queue")
     settings, store = _open()
     job, created = admit(
         store, settings, budget=budget, initiative=initiative, estimate_micros=estimate_micros, params=params,
@@ -272,7 +278,7 @@ def _show_dry_run(plan, decisions, fc, as_json: bool) -> None:
 @jobs_app.command("list")
 def jobs_list(
     budget: Optional[str] = None, status: Optional[str] = None, initiative: Optional[str] = None,
-    limit: int = typer.Option(200, min=1), as_json: bool = JSON,
+    limit: int = typer.Option(200, min=1, max=10_000), as_json: bool = JSON,
 ) -> None:
     """Jobs, newest first."""
     from core.status import JobStatus
@@ -342,7 +348,7 @@ def jobs_resume(
 
 @jobs_app.command("resend")
 def jobs_resend(
-    older_than: float = typer.Option(60.0, min=0, help="Seconds since the job was last published."),
+    older_than: float = typer.Option(60.0, min=0, max=MAX_SECONDS, help="Seconds since the job was last published."),
     as_json: bool = JSON,
 ) -> None:
     """Re-publish queued jobs that no worker has claimed for a while."""
@@ -467,29 +473,42 @@ def report(
 def worker(
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are drained."),
     queues: Optional[str] = typer.Option(None, "--queues", "-Q", help="Comma-separated queues (default: all)."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", min=1, help="Job slots (default WORKER_CONCURRENCY)."),
-    loglevel: str = typer.Option("info", help="Celery log level."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", min=1, max=1024, help="Job slots (default WORKER_CONCURRENCY)."),
+    loglevel: str = typer.Option("info", help=f"Log level: {', '.join(LOG_LEVELS)}."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help="A live display of jobs, dollars and the running job's step and loss (default: with --burst on a terminal).",
+    ),
 ) -> None:
     """Run a worker: pull jobs, run their initiatives, settle them in the ledger."""
     from worker.service import default_queues, run_worker
 
+    if loglevel.lower() not in LOG_LEVELS:
+        raise InvalidInput(f"--loglevel {loglevel!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
     settings = load_settings()
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else default_queues(settings)
     if not chosen:
         raise InvalidInput("--queues names no queue; write it like --queues calibrate,baseline")
-    run_worker(settings, queues=chosen, burst=burst, concurrency=concurrency or settings.concurrency, loglevel=loglevel)
+    for queue in chosen:
+        check_name(queue, what="--queues: queue")
+    display = progress if progress is not None else burst and sys.stderr.isatty()
+    run_worker(settings, queues=chosen, burst=burst, concurrency=concurrency or settings.concurrency,
+               loglevel=loglevel.lower(), display=display)
 
 
 @app.command("demo")
 def demo(
     plan: Optional[Path] = typer.Option(None, help="The plan to run (default: examples/demo.yaml)."),
 ) -> None:
-    """Run a plan end to end on this machine (migrating the ledger first) and print its impact and cost."""
-    from producer.demo import EXAMPLES, run_demo
+    """Run a plan end to end on this machine (migrating the ledger first) and print its impact and cost.
+
+    Exits 6 when a job did not succeed, after a line per such job with its status and error.
+    """
+    from producer.demo import examples_dir, run_demo
 
     settings, store = _open(at_head=False)
     store.upgrade()
-    run_demo(settings, store, plan_path=plan or EXAMPLES / "demo.yaml")
+    run_demo(settings, store, plan_path=plan or examples_dir() / "demo.yaml")
 
 
 def main() -> None:
@@ -503,10 +522,17 @@ def main() -> None:
     except click_errors.UsageError as exc:
         where = f"budgetq {exc.ctx.command_path.split(' ', 1)[-1]}" if exc.ctx and " " in exc.ctx.command_path else "budgetq"
         _fail(f"{exc.format_message()} (see `{where} --help`)", 2)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _fail("aborted", 130)
     except BudgetqError as exc:
         _fail(str(exc), exc.exit_code)
+    except ConnectionError as exc:
+        _fail(f"{exc}; check that the database and the broker are up", BackendUnavailable.exit_code)
+    except OSError as exc:
+        # A file or folder the command needs cannot be used (permissions, a full disk, a path through
+        # a file): the user's to fix, so one line, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; check the path, its permissions and free space", ConfigError.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

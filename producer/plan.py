@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from core.errors import InvalidInput
+from core.limits import ENTRY_NAME_LENGTH, PLAN_NAME_LENGTH, check_name, check_rank, check_text
 from core.money import parse_dollars
+from producer.plan_file import read_yaml
 import specs
 from specs.datasets import check_dataset
 
@@ -73,16 +73,12 @@ class Plan:
 def load_plan(path: Path, *, extra_initiatives: str = "") -> Plan:
     """Read and validate a plan; any problem raises ``InvalidInput`` naming the file and entry."""
     where = str(path)
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInput(f"{where}: no such plan file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{where}: not valid YAML ({_first_line(exc)})") from None
+    doc = read_yaml(Path(path))
     if not isinstance(doc, dict):
         raise InvalidInput(f"{where}: a plan is a mapping with `budget` and `initiatives`")
     _no_unknown_keys(where, doc, TOP_KEYS)
     budget = _text(where, doc, "budget")
+    _checked(where, check_text, budget, what="`budget`", longest=100)
     raw_entries = doc.get("initiatives")
     if not isinstance(raw_entries, list) or not raw_entries:
         raise InvalidInput(f"{where}: `initiatives` must be a non-empty list")
@@ -90,8 +86,11 @@ def load_plan(path: Path, *, extra_initiatives: str = "") -> Plan:
     _check_graph(where, entries)
     entries = _resolve_models(where, _fan_out_seeds(where, entries, extra_initiatives), extra_initiatives)
     total = doc.get("total")
+    name = doc.get("name") or Path(path).stem
+    _checked(where, check_text, name, what="plan name" if doc.get("name") else "plan name (the file's name; set `name:` to choose one)",
+             longest=PLAN_NAME_LENGTH)
     return Plan(
-        name=str(doc.get("name") or Path(path).stem),
+        name=name,
         budget=budget,
         total_micros=None if total is None else parse_dollars(total, what=f"{where}: total"),
         entries=tuple(sorted(entries, key=lambda e: e.rank)),
@@ -104,9 +103,7 @@ def _entry(where: str, raw: Any, extra_initiatives: str) -> PlanEntry:
         raise InvalidInput(f"{where}: each initiative is a mapping with `initiative`, `rank` and `estimate`")
     _no_unknown_keys(where, raw, ENTRY_KEYS)
     initiative = _text(where, raw, "initiative")
-    rank = raw.get("rank")
-    if not isinstance(rank, int) or isinstance(rank, bool):
-        raise InvalidInput(f"{where}: `rank` must be an integer, got {rank!r}")
+    rank = _checked(where, check_rank, raw.get("rank"), what="`rank`")
     if "estimate" not in raw:
         raise InvalidInput(f"{where}: `estimate` is missing; give the most this job may spend, like \"0.25\"")
     params = raw.get("params") or {}
@@ -123,9 +120,10 @@ def _entry(where: str, raw: Any, extra_initiatives: str) -> PlanEntry:
     if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
         raise InvalidInput(f"{where}: `after` must be a list of initiative names in this plan")
     queue = raw.get("queue")
-    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
-        raise InvalidInput(f"{where}: `queue` must be a queue name")
-    name = str(raw.get("name") or initiative)
+    if queue is not None:
+        _checked(where, check_name, queue, what="`queue`")
+    name = raw.get("name") or initiative
+    _checked(where, check_text, name, what="`name`", longest=ENTRY_NAME_LENGTH)
     if SEED_MARK in name:
         raise InvalidInput(f"{where}: entry name {name!r} may not contain {SEED_MARK!r}; budgetq adds it to seeded jobs")
     return PlanEntry(
@@ -269,5 +267,8 @@ def _no_unknown_keys(where: str, doc: dict, allowed: set[str]) -> None:
         raise InvalidInput(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(allowed))}")
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+def _checked(where: str, check, value: Any, **kwargs: Any) -> Any:
+    try:
+        return check(value, **kwargs)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc}") from None

@@ -95,6 +95,9 @@ def improvement_tables(budget: str, groups: list) -> None:
         table(f"budget {budget}: improvement per dollar in {unit.label} (ranked within this unit only)",
               ["entry", "initiative", "succeeded", "charged", f"improvement ({unit.label})", "accuracy Δ (pts)",
                "macro-F1 Δ (pts)", "per $", "flag"], rows)
+    if not any(unit is not None for unit in by_unit):
+        say(f"improvement per dollar: no job of budget {budget} reported an improvement yet"
+            " (augment, curriculum, distill and prompt_loop do)")
     plain = by_unit.get(None, [])
     if plain:
         table(f"budget {budget}: jobs with no improvement metric", ["entry", "initiative", "succeeded", "charged"],

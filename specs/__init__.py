@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Any, Optional
 
 from core.errors import ConfigError, InvalidInput
+from core.limits import check_name
 
 
 class Unit(StrEnum):
@@ -95,22 +97,40 @@ def _extra_initiatives(raw: str) -> dict[str, str]:
     extra = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, module = item.partition("=")
-        if not sep or not name.strip() or not module.strip():
+        if not sep or not name.strip() or not _MODULE.fullmatch(module.strip()):
             raise ConfigError(f"BUDGETQ_INITIATIVES item {item!r} is not name=package.module")
-        extra[name.strip()] = module.strip()
+        try:
+            # The name is also the default queue name, so it takes a queue name's shape.
+            extra[check_name(name.strip(), what="BUDGETQ_INITIATIVES: initiative name")] = module.strip()
+        except InvalidInput as exc:
+            raise ConfigError(str(exc)) from None
     return extra
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*", re.ASCII)
 
 
 def _import_extra(name: str, module_name: str) -> types.ModuleType:
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"initiative {name!r} cannot be loaded from {module_name!r}: {exc}; check BUDGETQ_INITIATIVES") from None
-    params = getattr(module, "Params", None)
-    if not (dataclasses.is_dataclass(params) and isinstance(params, type)) or not callable(getattr(module, "run", None)):
+    except Exception as exc:  # noqa: BLE001 - any failure while importing a team's module is a setting to fix
         raise ConfigError(
-            f"BUDGETQ_INITIATIVES: {module_name!r} is not an initiative module; it needs a dataclass `Params` and a function `run(params, ctx)`"
-        )
+            f"initiative {name!r} cannot be loaded from {module_name!r} ({type(exc).__name__}: {exc}); check BUDGETQ_INITIATIVES"
+        ) from None
+    params = getattr(module, "Params", None)
+    not_one = (
+        f"BUDGETQ_INITIATIVES: {module_name!r} is not an initiative module; it needs a dataclass `Params`"
+        " whose fields all have defaults and type hints, and a function `run(params, ctx)`"
+    )
+    if not (dataclasses.is_dataclass(params) and isinstance(params, type)) or not callable(getattr(module, "run", None)):
+        raise ConfigError(not_one)
+    try:
+        typing.get_type_hints(params)
+    except Exception:  # noqa: BLE001 - a hint naming something undefined
+        raise ConfigError(not_one) from None
+    unit = getattr(module, "UNIT", None)
+    if unit is not None and unit not in set(Unit):
+        raise ConfigError(f"BUDGETQ_INITIATIVES: {module_name}.UNIT is {unit!r}; use one of {', '.join(Unit)}")
     return module
 
 
@@ -179,4 +199,10 @@ def _number(initiative: str, key: str, value: Any, hint: type) -> Any:
         raise InvalidInput(f"parameter {key!r} of {initiative!r} wants {hint.__name__}, got {value!r}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise InvalidInput(f"parameter {key!r} of {initiative!r} must be finite, got {value!r}")
+    if hint is int and abs(number) > _LARGEST_INT:
+        # Parameters travel as JSON; past 2**53 other JSON readers lose digits, and no count is that large.
+        raise InvalidInput(f"parameter {key!r} of {initiative!r} must be within +-{_LARGEST_INT}, got {value!r}")
     return number
+
+
+_LARGEST_INT = 2**53

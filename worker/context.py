@@ -71,6 +71,10 @@ class JobContext(Protocol):
     def save_artifact(self, name: str, path: Path) -> str:
         """Copy a file or folder into the artifact store; return its stored path."""
 
+    def progress(self, *, step: int, total: int, loss: Optional[float] = None, stage: str = "") -> None:
+        """Say how far the job is (a training loop calls it every step): the heartbeat carries the last
+        report to the ledger for the live display, and off a terminal the worker logs it now and then."""
+
     def should_stop(self) -> bool:
         """True once the reservation is spent, the job is cancelled, or its lease is lost. Check between steps."""
 

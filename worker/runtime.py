@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import threading
@@ -32,6 +33,9 @@ from worker.initiatives import load_payload
 from worker.usage import loaded_device, work_steps
 
 log = logging.getLogger("budgetq.worker")
+# A job's story in the worker log: started, progress now and then, and its real outcome. The worker
+# keeps this logger at INFO whatever Celery's level, so these lines show in every log.
+jobs_log = logging.getLogger("budgetq.jobs")
 
 
 class CostMeter:
@@ -57,6 +61,7 @@ class Heartbeat(threading.Thread):
     def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter) -> None:
         super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
         self.store, self.settings, self.claim, self.meter = store, settings, claim, meter
+        self.progress: Optional[dict[str, Any]] = None  # the payload's last report; replaced whole, never mutated
         self.stop_reason: Optional[StopReason] = None
         self.stopped = threading.Event()
         self._done = threading.Event()
@@ -71,6 +76,7 @@ class Heartbeat(threading.Thread):
                 beat = ledger.heartbeat(
                     s, job_id=self.claim.job_id, attempt=self.claim.attempt, worker=self.settings.worker_name,
                     metered_micros=self.meter.cost_micros(), lease_seconds=self.settings.lease_seconds,
+                    progress=self.progress,
                 )
         except LeaseLost:
             self.stop(StopReason.LOST)
@@ -100,6 +106,7 @@ class WorkerContext:
         self.failures: list[FailureRow] = []
         self.artifacts: list[views.ArtifactRow] = []
         self.warnings: list[str] = []
+        self.progress_log = ProgressLog(claim, every_seconds=settings.progress_log_seconds)
 
     # The folders are made when a payload first asks for them: most jobs never do.
     @property
@@ -121,8 +128,14 @@ class WorkerContext:
         self.failures.extend(rows)
 
     def warn(self, message: str) -> None:
-        log.warning("job %s: %s", self.job_id, message)
+        jobs_log.warning("job %s (%s) note: %s", self.job_id, self.initiative, message)
         self.warnings.append(message)
+
+    def progress(self, *, step: int, total: int, loss: Optional[float] = None, stage: str = "") -> None:
+        finite = loss is not None and math.isfinite(loss)
+        report = {"step": int(step), "total": int(total), "loss": round(float(loss), 6) if finite else None, "stage": str(stage)[:40]}
+        self.heartbeat.progress = report  # the next beat writes it to the job row
+        self.progress_log.report(report, cost_micros=self.cost_micros())
 
     def save_artifact(self, name: str, path: Path) -> str:
         dest = self.settings.artifact_dir / self.job_id / str(self.attempt) / name
@@ -156,6 +169,30 @@ class WorkerContext:
         with self.store.session() as s:
             job = queries.get_job(s, job_id=self.job_id)
             return [_prior(s, queries.get_job(s, job_id=dep)) for dep in job.after]
+
+
+class ProgressLog:
+    """Off a terminal, a running job's step, loss and cost in the worker log, at a readable cadence:
+    a line once ``every_seconds`` have passed AND another 10% of the steps are done (the rarer of
+    the two), counted afresh for each stage (an augment arm, a curriculum run)."""
+
+    def __init__(self, claim: Claim, *, every_seconds: float) -> None:
+        self.claim, self.every_seconds = claim, every_seconds
+        self.last_time, self.last_step, self.stage = time.monotonic(), 0, None
+
+    def report(self, report: dict[str, Any], *, cost_micros: int) -> None:
+        if report["stage"] != self.stage:
+            self.stage, self.last_step = report["stage"], 0
+        now = time.monotonic()
+        if now - self.last_time < self.every_seconds or report["step"] - self.last_step < max(1, report["total"] / 10):
+            return
+        self.last_time, self.last_step = now, report["step"]
+        stage = f" {report['stage']}" if report["stage"] else ""
+        loss = f", loss {report['loss']:.4f}" if report["loss"] is not None else ""
+        jobs_log.info(
+            "job %s (%s)%s step %d/%d%s; spent %s of %s", self.claim.job_id, self.claim.initiative, stage, report["step"],
+            report["total"], loss, format_micros(cost_micros), format_micros(self.claim.reserved_micros),
+        )
 
 
 def _made(folder: Path) -> Path:
@@ -218,6 +255,8 @@ class Runtime:
         except ClaimRefused as refused:
             log.info("not running %s: %s", job_id, refused)
             return "refused"
+        jobs_log.info("job %s (%s) attempt %d/%d started; it may spend %s", claim.job_id, claim.initiative, claim.attempt,
+                      claim.max_attempts, format_micros(claim.reserved_micros))
         meter = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency)
         beat = Heartbeat(store=self.store, settings=self.settings, claim=claim, meter=meter)
         ctx = WorkerContext(store=self.store, settings=self.settings, claim=claim, meter=meter, heartbeat=beat)
@@ -240,6 +279,8 @@ class Runtime:
             return Stop(StopReason.TIME_LIMIT)
         except RetryableError as exc:
             return Stop(StopReason.ERROR, _one_line(exc), retryable=True)
+        except PermanentError as exc:  # raised on purpose, with its reason: no traceback in the log
+            return Stop(StopReason.ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
         except Exception as exc:  # noqa: BLE001 - any other payload error fails the job, with its reason
             log.exception("job %s failed", claim.job_id)
             return Stop(StopReason.ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
@@ -268,8 +309,13 @@ class Runtime:
             log.warning("%s", lost)
             return "lease_lost"
         self._device_recorded = self._device is not None
-        log.info("job %s (%s) attempt %s %s%s; charged %s micro-dollars", claim.job_id, claim.initiative, claim.attempt,
-                 closed.status, f": {describe(stop)}" if stop else "", closed.charge_micros)
+        # The job's last line states its real outcome (Celery's own "Task ... succeeded" line is
+        # silenced: the task returns normally even when the job failed).
+        jobs_log.log(
+            logging.INFO if closed.status == "succeeded" else logging.WARNING,
+            "job %s (%s) attempt %d/%d ended %s%s; charged %s of %s", claim.job_id, claim.initiative, claim.attempt,
+            claim.max_attempts, closed.status, _why(stop), format_micros(closed.charge_micros), format_micros(claim.reserved_micros),
+        )
         log_crossings(closed)
         shutil.rmtree(ctx.work_path, ignore_errors=True)
         if ready:
@@ -288,6 +334,12 @@ def log_crossings(closed: views.Closed) -> None:
     for event in closed.crossed:
         log.warning("budget %s: spending reached %s of its total (%s of %s) with job %s", event.budget, event.threshold,
                     format_micros(event.spent_micros), format_micros(event.total_micros), closed.job_id)
+
+
+def _why(stop: Optional[Stop]) -> str:
+    if stop is None:
+        return ""
+    return f" ({stop.detail or 'error'})" if stop.reason == StopReason.ERROR else f" ({describe(stop)})"
 
 
 def _one_line(exc: BaseException) -> str:

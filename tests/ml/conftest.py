@@ -51,6 +51,7 @@ class InProcessContext:
         self.artifacts: dict[str, str] = {}
         self.history = history
         self.stop_after_steps, self.stop_checks = stop_after_steps, 0
+        self.reports: list[dict[str, Any]] = []
 
     def log_metric(self, name: str, value: float, *, slice: Optional[str] = None, step: Optional[int] = None) -> None:
         self.metrics.append(MetricRow(name, float(value), slice, step))
@@ -70,6 +71,9 @@ class InProcessContext:
             shutil.copy2(path, target)
         self.artifacts[name] = str(target)
         return str(target)
+
+    def progress(self, *, step: int, total: int, loss: Optional[float] = None, stage: str = "") -> None:
+        self.reports.append({"step": step, "total": total, "loss": loss, "stage": stage})
 
     def should_stop(self) -> bool:
         # The training loop asks once per step: the budget is a number of steps.

@@ -46,7 +46,7 @@ def test_contextual_augmentation_needs_a_masked_lm_and_runs_with_one(tiny_bert):
 
 
 def test_wordnet_tags_open_class_words_and_skips_function_words():
-    augment_compat.apply()
+    augment_compat.ensure_wordnet()
     tags = [augment_compat.wordnet_pos_tag(t) for t in ["the", "money", "quickly", "xyzzy", "42"]]
     assert tags == ["DT", "NN", "RB", "UNK", "DT"]
 

@@ -84,15 +84,23 @@ def generate(ctx, params: Params, train, targets: list[str], tokenizer):
     the training set: for an uncased model, a recased copy teaches nothing.
     """
     from worker.ml.data import Examples
-    from worker.ml.textops import augment
+    from worker.ml.textops import WordNetUnavailable, augment
 
     augmenters = params.augmenters + (("contextual",) if params.mlm_path and "contextual" not in params.augmenters else ())
     seen = {_pieces(tokenizer, t) for t in train.texts}
     rows: list[tuple[str, str, str]] = []
+    skipped: set[str] = set()
     for group in targets:
         part = train.where_slice({group})
-        for name in augmenters:
-            variants = augment(name, part.texts, n=params.variants, seed=params.seed, mlm_path=params.mlm_path or None)
+        for name in (a for a in augmenters if a not in skipped):
+            try:
+                variants = augment(name, part.texts, n=params.variants, seed=params.seed, mlm_path=params.mlm_path or None)
+            except WordNetUnavailable as missing:
+                # Without WordNet the other augmenters still run; both arms train as before.
+                ctx.warn(f"augmenter {name} skipped: {missing}")
+                ctx.log_metric(f"skipped.{name}", 1)
+                skipped.add(name)
+                continue
             candidates = [(text, label) for label, options in zip(part.labels, variants) for text in options]
             kept = _dedupe(candidates, seen, tokenizer)
             rows += [(text, label, group) for text, label in kept]

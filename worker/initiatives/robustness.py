@@ -21,6 +21,7 @@ def run(params: Params, ctx) -> None:
     from worker.ml.data import note_val_carved
     from worker.ml.evaluate import infer, log_rows, ood_evaluation
     from worker.ml.lineage import load_model, model_source
+    from worker.ml.textops import WordNetUnavailable
 
     source = model_source(ctx, params.model_job)
     model, tokenizer, _, dataset = load_model(source)
@@ -34,12 +35,19 @@ def run(params: Params, ctx) -> None:
 
     clean = _Clean(test, dataset.labels, dataset.label_ids(test), predict(test.texts))
     errors = {group: [clean.error_rate(clean.predicted, group)] for group in clean.groups()}
+    judged = []
     for name in params.perturbations:
-        _judge(ctx, params, clean, name, predict, errors)
+        try:
+            _judge(ctx, params, clean, name, predict, errors)
+            judged.append(name)
+        except WordNetUnavailable as missing:
+            # A worker without WordNet (no wordnet-base, no internet) still judges every other perturbation.
+            ctx.warn(f"perturbation {name} skipped: {missing}")
+            ctx.log_metric(f"skipped.{name}", 1)
     ranking = _log_ranking(ctx, errors)
     # Out-of-scope detection on clean text: a robustness report describes the whole model.
     log_rows(ctx, ood_evaluation(model, tokenizer, dataset, max_length=params.max_length))
-    _save_report(ctx, source.job_id, ranking, params.perturbations)
+    _save_report(ctx, source.job_id, ranking, judged)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""Every patch nlpaug 1.1.11 and NLTK need to run here, in one place.
+"""Every patch nlpaug 1.1.11 and NLTK need to run here, in one place, and where WordNet comes from.
 
-``apply()`` is idempotent and is called by the code that builds augmenters, never at import.
+``apply()`` is idempotent and is called by the code that builds augmenters, never at import; it
+loads nothing. ``ensure_wordnet()`` is called only by the operations that need WordNet (synonyms):
+it finds WordNet on NLTK's data path (a copy budgetq made earlier, or NLTK's own data such as
+``nltk.download('wordnet')`` left), else copies it from ``WORDNET_DIR`` (default Debian's
+``/usr/share/wordnet``), else raises ``WordNetUnavailable``. It never downloads: a worker without
+internet would hang in ``nltk.download``, so the payloads skip the step with a note instead.
 Each patch says why it exists; drop it when the upstream reason goes away.
 
-CI needs Debian's WordNet files: ``apt-get install -y --no-install-recommends wordnet-base``.
+CI installs Debian's WordNet files: ``apt-get install -y --no-install-recommends wordnet-base``.
 """
 
 from __future__ import annotations
@@ -11,11 +16,20 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from core.errors import PermanentError
 
-# Debian's wordnet-base puts the Princeton WordNet 3.0 database files here.
+# Debian's wordnet-base puts the Princeton WordNet 3.0 database files here (WORDNET_DIR's default).
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
+WORDNET_HELP = (
+    "install Debian's wordnet-base (`apt-get install -y wordnet-base`), point WORDNET_DIR at a WordNet 3.0"
+    " folder, or run `python -m nltk.downloader wordnet` on a machine with internet"
+)
+
+
+class WordNetUnavailable(PermanentError):
+    """WordNet cannot be loaded on this worker; the steps that need it are skipped, not failed."""
 _WORDNET_FILES = (
     "adj.exc", "adv.exc", "noun.exc", "verb.exc", "cntlist.rev",
     "data.adj", "data.adv", "data.noun", "data.verb",
@@ -49,14 +63,14 @@ _applied = False
 
 
 def apply() -> None:
-    """Install all patches once per process (nlpaug BERT ids, WordNet POS tags, local WordNet)."""
+    """Install all patches once per process (nlpaug BERT ids, WordNet POS tags, no downloads). Loads nothing."""
     global _applied
     if _applied:
         return
     _patch_bert_token_ids()
     _patch_wordnet_version_map()
     _patch_pos_tagger()
-    _ensure_wordnet()
+    _patch_wordnet_read()
     _applied = True
 
 
@@ -114,6 +128,22 @@ def _patch_pos_tagger() -> None:
     nmw.WordNet.pos_tag = classmethod(lambda cls, tokens: [(t, wordnet_pos_tag(t)) for t in tokens])
 
 
+def _patch_wordnet_read() -> None:
+    # nlpaug's WordNet model calls nltk.download('wordnet') when WordNet is missing, which blocks
+    # without internet. ensure_wordnet() runs first wherever a WordNet augmenter is built; if it did
+    # not, fail with the fix instead of downloading.
+    import nlpaug.model.word_dict as nmw
+
+    def read(self):
+        from nltk.corpus import wordnet
+
+        if not _wordnet_loads():
+            raise WordNetUnavailable(f"WordNet is not available on this worker; {WORDNET_HELP}")
+        return wordnet
+
+    nmw.WordNet.read = read
+
+
 def wordnet_pos_tag(token: str) -> str:
     """A Penn-style tag from the part of speech with the most WordNet senses ("DT" to skip the token)."""
     from nltk.corpus import wordnet
@@ -136,24 +166,31 @@ def nltk_data_dir() -> Path:
     return (base / "nltk_data").absolute()
 
 
-def _ensure_wordnet() -> None:
+def ensure_wordnet(wordnet_dir: Optional[Path] = None) -> None:
+    """Make WordNet loadable in this process, or raise ``WordNetUnavailable`` saying how to get it.
+
+    ``wordnet_dir`` defaults to the ``WORDNET_DIR`` setting. Never downloads.
+    """
     import nltk
 
+    apply()
     data_dir = nltk_data_dir()
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
     if _wordnet_loads():
         return
-    if DEBIAN_WORDNET.is_dir():
-        install_debian_wordnet(data_dir)
-    else:
-        # Online users without the Debian package get NLTK's own copy.
-        nltk.download("wordnet", download_dir=str(data_dir), quiet=True)
+    source = Path(wordnet_dir) if wordnet_dir is not None else _configured_wordnet_dir()
+    if not (source / "data.noun").is_file():
+        raise WordNetUnavailable(f"WordNet is not available on this worker (none on NLTK's data path, none in WORDNET_DIR={source}); {WORDNET_HELP}")
+    install_debian_wordnet(data_dir, source=source)
     if not _wordnet_loads():
-        raise PermanentError(
-            f"WordNet is unavailable: install it with `apt-get install -y wordnet-base` "
-            f"(files in {DEBIAN_WORDNET}) or run nltk.download('wordnet') online"
-        )
+        raise WordNetUnavailable(f"the WordNet in WORDNET_DIR={source} does not load with NLTK; {WORDNET_HELP}")
+
+
+def _configured_wordnet_dir() -> Path:
+    from core.settings import current_settings
+
+    return current_settings().wordnet_dir
 
 
 def _wordnet_loads() -> bool:
@@ -162,17 +199,17 @@ def _wordnet_loads() -> bool:
     try:
         wordnet.ensure_loaded()
         return bool(wordnet.synsets("money"))
-    except LookupError:
+    except (LookupError, OSError):
         return False
 
 
-def install_debian_wordnet(data_dir: Path) -> Path:
-    """Copy Debian's WordNet into ``data_dir/corpora/wordnet`` and write its ``lexnames`` file."""
+def install_debian_wordnet(data_dir: Path, *, source: Path = DEBIAN_WORDNET) -> Path:
+    """Copy a Debian-layout WordNet (``source``) into ``data_dir/corpora/wordnet`` and write its ``lexnames`` file."""
     target = data_dir / "corpora" / "wordnet"
     target.mkdir(parents=True, exist_ok=True)
     for name in _WORDNET_FILES:
         # Copies, not symlinks: NLTK's path checks refuse links that leave its data folder.
-        shutil.copyfile(DEBIAN_WORDNET / name, target / name)
+        shutil.copyfile(source / name, target / name)
     lines = (f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
     (target / "lexnames").write_text("".join(lines))
     return target

@@ -163,8 +163,8 @@ def wordnet_synonyms() -> Optional[Synonyms]:
 
         from worker.ml import augment_compat
 
-        augment_compat.apply()  # finds or installs WordNet (Debian's wordnet-base offline)
-    except (ImportError, LookupError, OSError, RuntimeError):
+        augment_compat.ensure_wordnet()  # finds WordNet, or copies it from WORDNET_DIR; never downloads
+    except (ImportError, LookupError, OSError, RuntimeError, augment_compat.WordNetUnavailable):
         return None
 
     @lru_cache(maxsize=None)

@@ -2,7 +2,8 @@
 
 A perturbation maps each text to one perturbed text; an augmenter maps each text to ``n`` variants.
 Both are seeded: nlpaug draws from the global ``random`` and ``numpy`` generators, so each
-operation reseeds them from the seed and its own name before it runs.
+operation reseeds them from the seed and its own name before it runs. Only ``synonym`` reads
+WordNet; without it that operation raises ``WordNetUnavailable`` and the others still run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from typing import Callable, Optional, Sequence
 
 from specs.augment import AUGMENTERS
 from specs.robustness import PERTURBATIONS
+from worker.ml.augment_compat import WordNetUnavailable
+
+__all__ = ["AUGMENTERS", "PERTURBATIONS", "WordNetUnavailable", "augment", "perturb"]
+NEEDS_WORDNET = frozenset({"synonym"})  # the perturbations that read WordNet (nlpaug's SynonymAug)
 
 Op = Callable[[list[str]], list[str]]  # a batch of texts -> one output per text
 
@@ -75,6 +80,8 @@ def _nlpaug_op(name: str) -> Op:
     from worker.ml import augment_compat
 
     augment_compat.apply()
+    if name in NEEDS_WORDNET:
+        augment_compat.ensure_wordnet()  # WordNetUnavailable: the caller skips this operation
     import nlpaug.augmenter.char as nac
     import nlpaug.augmenter.word as naw
 

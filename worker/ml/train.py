@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,7 +149,7 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
-    with _progress(plan.steps, result.step, run) as advance:
+    with _progress(ctx, plan.steps, run) as advance:
         for step in range(result.step + 1, plan.steps + 1):
             if loop.early.stopped:
                 break  # a resumed attempt of a run that had already stopped early
@@ -168,7 +167,7 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
                 loop.checkpoint(step)
             if on_step is not None:
                 on_step(step)
-            advance()
+            advance(step, loss)
     return _finish(ctx, loop, result, run, len(texts))
 
 
@@ -321,17 +320,10 @@ class _Batches:
 
 
 @contextlib.contextmanager
-def _progress(total: int, done: int, run: str):
-    """A rich progress bar on an interactive terminal; nothing in logs and CI."""
-    if not sys.stderr.isatty():
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(run, total=total, completed=done)
-        yield lambda: progress.advance(task)
+def _progress(ctx: Any, total: int, run: str):
+    """Report each step to the context; the worker shows it (a live display on a terminal, a line
+    now and then in a log), so the loop draws nothing itself."""
+    yield lambda step, loss: ctx.progress(step=step, total=total, loss=loss, stage=run)
 
 
 def config_from(params: Any) -> TrainConfig:
