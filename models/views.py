@@ -47,6 +47,7 @@ class JobView:
     started_at: Optional[datetime]
     finished_at: Optional[datetime]
     after: tuple[str, ...] = ()
+    preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Claim:
     reserved_micros: int
     lease_until: datetime
     max_attempts: int = 1
+    preemptions: int = 0  # earlier claims that ended in a preemption (they cost no attempt)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,28 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class PreemptionSummary:
+    """What preemptions cost a budget: attempts moved elsewhere, what they charged, what they threw away."""
+
+    budget: str
+    attempts: int
+    charged_micros: int
+    lost_micros: int  # work done after the last durable checkpoint (the whole attempt if none)
+
+
+@dataclass(frozen=True)
+class RejectedView:
+    received_at: datetime
+    worker: str
+    queue: Optional[str]
+    task: Optional[str]
+    message_id: Optional[str]
+    content_type: Optional[str]
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class AuditProblem:
     subject: str
     detail: str
@@ -128,4 +152,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         charged_micros=j.charged_micros, metered_micros=j.metered_micros, attempts=j.attempts,
         max_attempts=j.max_attempts, worker=j.worker, lease_until=j.lease_until, idempotency_key=j.idempotency_key,
         error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
+        preemptions=j.preemptions,
     )
