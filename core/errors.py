@@ -45,6 +45,12 @@ class BackendUnavailable(BudgetqError):
     exit_code = 5
 
 
+class WorkerStopped(BudgetqError):
+    """The worker stopped without being asked to (its consumer gave up): exit non-zero so a supervisor restarts it."""
+
+    exit_code = 6
+
+
 class ClaimRefused(BudgetqError):
     """A job is not claimable: a duplicate delivery, a cancelled job, or unmet dependencies."""
 

@@ -25,6 +25,8 @@ def test_values_are_parsed_into_their_types():
     ("WORKER_PRICE_PER_HOUR", "cheap"), ("WORKER_SPOT", "maybe"), ("WORKER_CONCURRENCY", "0"),
     ("LEASE_SECONDS", "inf"), ("LEASE_SECONDS", "nan"), ("HEARTBEAT_SECONDS", "0"), ("MAX_ATTEMPTS", "many"),
     ("RESEND_AFTER_SECONDS", "-1"), ("QUEUE_ROUTES", "gpu"), ("QUEUE_ROUTES", '{"baseline": ""}'),
+    ("PREEMPTION_NOTICE_KIND", "azure"), ("PREEMPTION_NOTICE_URL", "169.254.169.254"), ("PREEMPTION_POLL_SECONDS", "0"),
+    ("ARTIFACT_DIR", "s3:// bucket"), ("CHECKPOINT_DIR", "gs://bucket with spaces"), ("STORAGE_OPTIONS", "[1, 2]"),
 ])
 def test_a_malformed_variable_is_one_config_error_naming_it(name, value):
     with pytest.raises(ConfigError) as raised:
@@ -36,3 +38,12 @@ def test_a_malformed_variable_is_one_config_error_naming_it(name, value):
 def test_passwords_in_urls_are_masked():
     assert mask_url("redis://:sekrit@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert mask_url("postgresql://budget:hunter2@db/ledger") == "postgresql://budget:***@db/ledger"
+
+
+def test_artifact_and_checkpoint_locations_take_object_store_urls_and_keep_a_local_cache(tmp_path):
+    settings = load_settings({"BUDGETQ_HOME": str(tmp_path), "ARTIFACT_DIR": "s3://models/team/", "CHECKPOINT_DIR": "file:///mnt/ckpt",
+                              "STORAGE_OPTIONS": '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}'})
+    assert settings.artifact_url == "s3://models/team" and settings.checkpoint_url == "file:///mnt/ckpt"
+    assert settings.artifact_dir == tmp_path / "artifacts" and settings.checkpoint_dir == tmp_path / "checkpoints"
+    assert settings.storage_options == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert not settings.preemption_notice_url and settings.preemption_poll_seconds == 5.0  # nothing is polled by default

@@ -24,7 +24,7 @@ def run(params: Params, ctx) -> None:
     from worker.ml.lineage import load_model, model_source
 
     source = model_source(ctx, params.model_job)
-    model, tokenizer, _, dataset = load_model(source)
+    model, tokenizer, _, dataset = load_model(source, ctx)
     test = dataset.test
     if params.max_rows and params.max_rows < len(test):
         test = test.pick(sorted(random.Random(params.seed).sample(range(len(test)), params.max_rows)))

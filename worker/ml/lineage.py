@@ -60,11 +60,12 @@ def model_source(ctx: Any, model_job: str = "") -> PriorResult:
     return prior
 
 
-def load_model(prior: PriorResult) -> tuple[Any, Any, DataSpec, Any]:
-    """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``."""
+def load_model(prior: PriorResult, ctx: Any) -> tuple[Any, Any, DataSpec, Any]:
+    """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``, fetched through ``ctx``
+    (downloaded from the artifact store if need be, its sha256 checked)."""
     from worker.ml.modeling import load_saved
 
-    folder = Path(prior.artifacts[MODEL_ARTIFACT])
+    folder = ctx.fetch_artifact(prior, MODEL_ARTIFACT)
     model, tokenizer, labels = load_saved(folder)
     spec = DataSpec(**json.loads((folder / DATASET_FILE).read_text()))
     dataset = spec.load()
@@ -80,7 +81,7 @@ def report_for(ctx: Any, initiative: str, model_job: str) -> Optional[PriorResul
         return named
     # A job submitted without model_job used the latest baseline; its report artifact says which.
     latest = ctx.latest_result(initiative)
-    report = latest.artifacts.get("report") if latest else None
-    if report and json.loads(Path(report).read_text()).get("model_job") == model_job:
-        return latest
+    if latest is not None and "report" in latest.artifacts:
+        if json.loads(ctx.fetch_artifact(latest, "report").read_text()).get("model_job") == model_job:
+            return latest
     return None

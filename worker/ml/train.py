@@ -66,6 +66,8 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     """
     seed_everything(cfg.seed)
     loop = _Loop(model, tokenizer, texts, label_ids, cfg, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
+    # Each saved checkpoint is handed to the context, which makes it durable (object storage).
+    loop.on_saved = getattr(ctx, "checkpoint_saved", None)
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
     with _progress(cfg.steps, result.step, run) as advance:
@@ -102,13 +104,16 @@ class _Loop:
         self.optimizer, self.scheduler, self.scaler = _optimizer(model, cfg, self.device)
         latest = latest_checkpoint(folder)
         self.saved_step = load_checkpoint(latest, **self._state()) if latest else 0
+        self.on_saved: Callable[[Path], None] | None = None
 
     def _state(self) -> dict[str, Any]:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.folder, step, **self._state())
+        saved = save_checkpoint(self.folder, step, **self._state())
         self.saved_step = step
+        if self.on_saved is not None:
+            self.on_saved(saved)
 
     def stop(self, step: int) -> None:
         # Checkpoint the progress since the last periodic save, so the next attempt resumes right here.
