@@ -226,7 +226,7 @@ def _add_dependency(s: Session, *, job_id: str, after_job_id: str) -> None:
 
 
 def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
-    """Record that a message was sent for each job, and count it (duplicates show as publications > attempts)."""
+    """Record that a message was sent for each job again (a requeue, a re-send), and count it."""
     ids = list(job_ids)
     if ids:
         s.execute(update(jobs_t).where(Job.id.in_(ids)).values(published_at=utcnow(), publications=jobs_t.c.publications + 1))

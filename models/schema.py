@@ -97,7 +97,8 @@ class Job(Base):
     preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Metered cost of the running attempt when it last saved a durable checkpoint (heartbeat-reported).
     checkpoint_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # Messages published for this job: with ``attempts`` it counts the duplicates the queue carried.
+    # Messages published for this job after its admission's own (requeues, re-sends): with ``attempts``
+    # it counts the duplicates the queue carried.
     publications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))

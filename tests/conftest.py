@@ -103,6 +103,14 @@ class Env:
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
         )
 
+    def spawn(self, log: Path, *args: str, **env: str) -> subprocess.Popen:
+        """A worker writing its log to ``log`` (readable while it runs), with extra environment."""
+        handle = open(log, "w")
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer", "worker", "--loglevel", "info", *args], env={**self.vars, **env}, cwd=REPO,
+            start_new_session=True, stdout=handle, stderr=subprocess.STDOUT, text=True,
+        )
+
     def burst(self, *args: str, timeout: float = 180) -> str:
         proc = self.worker("--burst", *args)
         try:

@@ -227,7 +227,13 @@ class Upkeep(threading.Thread):
             with self.store.session() as s:
                 publish_after_commit(self.store, ledger.ready_to_publish(s, job_ids=requeued))
         older_than = min(self.settings.resend_after_seconds, 2.0) if self.burst else self.settings.resend_after_seconds
-        missing = missing_messages(self.store, older_than_seconds=older_than, unacked_within=max(30.0, 2 * self.settings.lease_seconds))
+        try:
+            missing = missing_messages(self.store, older_than_seconds=older_than, unacked_within=max(30.0, 2 * self.settings.lease_seconds))
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the broker is away: nothing can be checked or sent until it is back
+            log.warning("upkeep: cannot look into the broker (%s); re-publishing waits for it", exc)
+            return
         if missing:
             log.warning("re-publishing %d job(s) whose message is missing: %s", len(missing), ", ".join(j.id for j in missing))
             publish_after_commit(self.store, missing)

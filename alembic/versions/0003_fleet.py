@@ -2,8 +2,8 @@
 
 jobs gains ``preemptions`` (claims that ended in a preemption; only ``attempts - preemptions``
 counts against max_attempts), ``preempt_requested`` (the ledger's half of a preemption notice),
-``checkpoint_micros`` (metered cost at the last durable checkpoint) and ``publications`` (messages
-sent). New tables: ``preemptions`` (what each preempted attempt charged and lost),
+``checkpoint_micros`` (metered cost at the last durable checkpoint) and ``publications`` (messages sent
+after the admission's own). New tables: ``preemptions`` (what each preempted attempt charged and lost),
 ``rejected_messages`` (queue messages acknowledged without running) and ``leases`` (the single
 upkeep leader).
 
