@@ -11,6 +11,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base \
 WORKDIR /app
 RUN pip install ${TORCH_SPEC}
 COPY pyproject.toml README.md ./
+COPY core ./core
+COPY specs ./specs
 COPY models ./models
 COPY producer ./producer
 COPY worker ./worker

@@ -135,8 +135,11 @@ class S3Server:
     """moto's S3-compatible server in a thread on 127.0.0.1; workers reach it through AWS_ENDPOINT_URL."""
 
     def __init__(self) -> None:
+        import logging
+
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
 
     def start(self) -> "S3Server":

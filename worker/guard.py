@@ -38,8 +38,8 @@ MAX_BODY_BYTES = 64 * 1024
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 JSON_TYPES = ("application/json",)
 # Execution headers a message might carry; a budgetq job takes none of them from the message.
-_RESET_HEADERS = {"eta": None, "expires": None, "timelimit": [None, None], "retries": 0, "group": None,
-                  "group_index": None, "chord": None, "ignore_result": True, "replaced_task_nesting": 0}
+_RESET_HEADERS = {"eta": None, "expires": None, "retries": 0, "group": None, "group_index": None, "chord": None,
+                  "ignore_result": True, "replaced_task_nesting": 0}
 _DROPPED_HEADERS = ("budgetq_reserved_micros", "shadow", "stamps", "stamped_headers", "countdown")
 
 
@@ -90,7 +90,7 @@ def reset_headers(message: Any) -> None:
     headers = message.headers
     for name in _DROPPED_HEADERS:
         headers.pop(name, None)
-    headers.update(_RESET_HEADERS)
+    headers.update(_RESET_HEADERS, timelimit=[None, None])
     for name in ("root_id", "parent_id"):
         if not isinstance(headers.get(name), (str, type(None))):
             headers[name] = None

@@ -270,10 +270,19 @@ class Runtime:
         return soft + 10.0, soft
 
     def time_limits(self, job_id: str) -> tuple[Optional[float], Optional[float]]:
-        """The limits for a job, from what the ledger still reserves for it (never from the message)."""
-        with self.store.session() as s:
-            reserved = queries.get_job(s, job_id=job_id).reserved_micros
-        return self.limits_for(reserved)
+        """The limits for a job, from what the ledger still reserves for it (never from the message).
+
+        Read twice at most: after a database restart the first read may find a pooled connection
+        the server closed (the pool then starts afresh).
+        """
+        for last in (False, True):
+            try:
+                with self.store.session() as s:
+                    return self.limits_for(queries.get_job(s, job_id=job_id).reserved_micros)
+            except BackendUnavailable:
+                if last:
+                    raise
+        raise AssertionError("unreachable")
 
     def execute(self, job_id: str) -> str:
         """Claim, run and settle one job. Returns the status it settled with."""
@@ -378,7 +387,7 @@ class Runtime:
                 closed = settle_and_publish(self.store, settlement)
                 break
             except LeaseLost as lost:
-                log.warning("%s", lost)
+                log.warning("job %s attempt %s finished as %s but is no longer ours: %s", claim.job_id, claim.attempt, status.value, lost)
                 return "lease_lost"
             except BackendUnavailable as exc:
                 if delay is None:

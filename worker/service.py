@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -61,12 +62,8 @@ def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concur
     Store(settings.artifact_url, settings.storage_options, variable="ARTIFACT_DIR")  # a bad store fails now, not mid-job
     Store(settings.checkpoint_url, settings.storage_options, variable="CHECKPOINT_DIR")
     store = Ledger(settings.database_url)
-    store.require_head()
-    with store.session() as s:
-        ledger.register_worker(
-            s, name=settings.worker_name, host=socket.gethostname(), price_micros_per_hour=settings.price_micros_per_hour,
-            spot=settings.spot, instance_type=settings.instance_type, slots=concurrency,
-        )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # asked to stop while waiting for the database: stop
+    _register(store, settings, slots=concurrency)
     rejections = guard.Rejections(store, settings.worker_name)
     rejections.start()
     guard.configure(rejections)
@@ -79,9 +76,12 @@ def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concur
     exit_ = Exit(worker, store, settings)
     upkeep = Upkeep(app=app, store=store, settings=settings, queues=list(queues), burst=burst, exit_=exit_)
     watcher = preemption.NoticeWatcher(settings, exit_.notice) if preemption.NoticeWatcher.wanted(settings) else None
-    upkeep.start()
     if watcher:
-        watcher.start()
+        # Polled once Celery is up: a notice then goes through its warm shutdown, like SIGTERM.
+        celery_signals.worker_ready.connect(lambda **_: watcher.start(), weak=False)
+    upkeep.start()
+    # A SIGTERM before Celery has installed its own handler still stops the worker cleanly.
+    signal.signal(signal.SIGTERM, exit_.early_sigterm)
     try:
         worker.start()
     finally:
@@ -93,6 +93,25 @@ def run_worker(settings: Settings, *, queues: Sequence[str], burst: bool, concur
         rejections.join(timeout=5)
         store.engine.dispose()
     exit_.check()
+
+
+def _register(store: Ledger, settings: Settings, *, slots: int) -> None:
+    """Check the schema and register this worker, waiting (capped backoff) while the database is down:
+    a worker that starts during an outage waits for it, like one already running. A wrong schema fails."""
+    delay = 1.0
+    while True:
+        try:
+            store.require_head()
+            with store.session() as s:
+                ledger.register_worker(
+                    s, name=settings.worker_name, host=socket.gethostname(), price_micros_per_hour=settings.price_micros_per_hour,
+                    spot=settings.spot, instance_type=settings.instance_type, slots=slots,
+                )
+            return
+        except BackendUnavailable as exc:
+            log.error("%s; the worker waits for it (next try in %.0fs)", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class Exit:
@@ -110,6 +129,10 @@ class Exit:
         log.warning("preemption notice: %s; checkpointing running jobs and shutting down", line)
         self.requested = self.requested or f"preemption notice ({line})"
         os.kill(os.getpid(), signal.SIGTERM)  # -> Celery's warm shutdown -> _on_shutdown
+
+    def early_sigterm(self, _signum, _frame) -> None:
+        self.requested = self.requested or "SIGTERM (before the worker was up)"
+        worker_state.should_stop = 0  # Celery's warm shutdown, as soon as it looks
 
     def burst_done(self) -> None:
         self.requested = "burst: the queues are drained"
@@ -152,15 +175,22 @@ class Upkeep(threading.Thread):
         super().__init__(name="budgetq-upkeep", daemon=True)
         self.app, self.store, self.settings, self.queues, self.burst, self.exit = app, store, settings, queues, burst, exit_
         self.interval = min(1.0, settings.lease_seconds / 4) if burst else min(5.0, settings.lease_seconds / 2)
+        # This worker's sign of life is refreshed as often as a heartbeat: a reaped attempt is charged up to it.
+        self.beat = min(self.interval, settings.heartbeat_seconds)
         self.spool = Spool(settings.spool_dir)
         self._done = threading.Event()
         self._idle_checks = 0
         self._db_up_since: Optional[float] = None
         self._leading = False
+        self._last_tick = 0.0
 
     def run(self) -> None:
-        while not self._done.wait(self.interval):
+        while not self._done.wait(self.beat):
             try:
+                if time.monotonic() - self._last_tick < self.interval:
+                    self._touch()
+                    continue
+                self._last_tick = time.monotonic()
                 self.tick()
             except BackendUnavailable as exc:
                 if self._db_up_since is not None:
@@ -170,11 +200,14 @@ class Upkeep(threading.Thread):
                 log.exception("worker upkeep failed")
         self._resign()
 
-    def tick(self) -> None:
+    def _touch(self) -> None:
         with self.store.session() as s:
             ledger.touch_worker(s, name=self.settings.worker_name)
         if self._db_up_since is None:
             self._db_up_since = time.monotonic()
+
+    def tick(self) -> None:
+        self._touch()
         self.flush_spool()  # our own finished work first, before anyone's lease is judged
         if self._lead():
             self._reap_and_resend()
