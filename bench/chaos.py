@@ -29,7 +29,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -121,7 +120,10 @@ class Chaos:
         self.faults: collections.Counter = collections.Counter()
         self.notice_attempts: list[tuple[str, int]] = []  # (job, attempt) running on a machine told it is preempted
         self.unverified_notices = 0
-        self.dead_at_notice: list[tuple[str, int]] = []  # running in the ledger but no longer heartbeating
+        self.unverified_kills = 0
+        # One slot per machine: the attempt running there when its pool process or the whole worker
+        # is SIGKILLed is the one the kill ends (unless the database was down at that moment).
+        self.killed_attempts: list[tuple[str, int]] = []
         self.malformed_sent = 0
         self.fault_log = open(machines[0].logfile.parent / "faults.log", "a")
         self.last_target = ""
@@ -190,13 +192,15 @@ class Chaos:
             children = machine.pool_children()
             if not children:
                 return False
+            self.note_running(machine, killed=True)
             os.kill(rng.choice(children), signal.SIGKILL)
             return True
         if kind == "SIGKILL worker":
             machine.expecting = "killed (SIGKILL)"
+            self.note_running(machine, killed=True)
             os.killpg(machine.proc.pid, signal.SIGKILL)
             return True
-        self.note_running(machine)
+        self.note_running(machine, killed=False)
         if kind == "SIGTERM worker":
             machine.expecting = "asked: SIGTERM"
             os.kill(machine.proc.pid, signal.SIGTERM)
@@ -205,26 +209,30 @@ class Chaos:
             machine.metadata.notice()
         return True
 
-    def note_running(self, machine: Machine) -> None:
-        """The attempts a preempted machine is running: none of them may cost its job an attempt."""
+    def running_on(self, machine: Machine) -> Optional[list[tuple[str, int]]]:
+        """The attempts the ledger says ``machine`` runs (None while the database is down)."""
         from sqlalchemy import select
 
         from models.schema import Job
 
-        from models.ledger import utcnow
-
         try:
             with self.store().session() as s:
-                rows = s.execute(select(Job.id, Job.attempts, Job.updated_at).where(Job.worker == machine.name, Job.status == "running")).all()
+                rows = s.execute(select(Job.id, Job.attempts).where(Job.worker == machine.name, Job.status == "running")).all()
         except Exception:  # noqa: BLE001 - the database is down right now (another fault)
-            self.unverified_notices += 1
+            return None
+        return [(r.id, r.attempts) for r in rows]
+
+    def note_running(self, machine: Machine, *, killed: bool) -> None:
+        """Before a kill: the attempts it ends (a loss without notice, the reaper's). Before a notice:
+        the attempts that must end as preemptions, costing no attempt."""
+        running = self.running_on(machine)
+        if running is None:
+            if killed:
+                self.unverified_kills += 1
+            else:
+                self.unverified_notices += 1
             return
-        # Only live attempts: one whose pool process was SIGKILLed earlier stops heartbeating and is
-        # the reaper's (a loss without notice, counted as such), not the preemption's.
-        fresh = utcnow() - timedelta(seconds=3 * float(self.env["HEARTBEAT_SECONDS"]))
-        for row in rows:
-            alive = (row.updated_at.replace(tzinfo=fresh.tzinfo) if row.updated_at.tzinfo is None else row.updated_at) > fresh
-            (self.notice_attempts if alive else self.dead_at_notice).append((row.id, row.attempts))
+        (self.killed_attempts if killed else self.notice_attempts).extend(running)
 
     def malformed(self, rng: random.Random) -> bool:
         from tests.test_messages import MALFORMED, publish
@@ -295,7 +303,9 @@ def measure(chaos: Chaos, started: float, fault_seconds: float, drain_seconds: f
     # Work charged twice: an attempt that finished (or was spooled) but was refused, for a job that ran again.
     finished_twice = set(re.findall(r"job (\w{32}) attempt \d+ finished as succeeded but is no longer ours", logs))
     finished_twice |= set(re.findall(r"spooled settlement of job (\w{32}) attempt \d+ not settled", logs))
-    burned = [(j, a) for j, a in chaos.notice_attempts
+    killed = set(chaos.killed_attempts)
+    live_at_notice = [ja for ja in chaos.notice_attempts if ja not in killed]
+    burned = [(j, a) for j, a in live_at_notice
               if (j, a) not in preempted and not (by_id[j].status == "succeeded" and by_id[j].attempts == a)]
     refused = len(re.findall(r"not running \w{32}: job \w{32} is ", logs))
     statuses = collections.Counter(j.status for j in jobs)
@@ -310,8 +320,9 @@ def measure(chaos: Chaos, started: float, fault_seconds: float, drain_seconds: f
         "double_charged_attempts": sum(1 for *_, n in per_attempt if n > 1),
         "work_charged_twice": len(finished_twice),
         "attempts": sum(j.attempts for j in jobs), "preempted_attempts": sum(j.preemptions for j in jobs),
-        "preemptions_checked": len(chaos.notice_attempts), "unverified_notices": chaos.unverified_notices,
-        "dead_at_notice": len(chaos.dead_at_notice), "burned": burned,
+        "preemptions_checked": len(live_at_notice), "unverified_notices": chaos.unverified_notices,
+        "dead_at_notice": len(chaos.notice_attempts) - len(live_at_notice), "burned": burned,
+        "unverified_kills": chaos.unverified_kills,
         "attempts_burned_by_preemption": len(burned),
         "republished": sum(j.publications for j in jobs), "refused_deliveries": refused,
         "malformed_sent": chaos.malformed_sent, "rejected_recorded": rejected,
@@ -352,7 +363,7 @@ every worker that exited.
 | faults fired | ≥ 100 in ≥ 5 min | **{m['faults_total']}**: {faults} |
 | jobs lost (never reached a final state) | 0 | **{m['lost']}** of {m['jobs']} ({', '.join(f'{v} {k}' for k, v in sorted(m['statuses'].items()))}) {ok(m['lost'] == 0)} |
 | double charges (an attempt charged twice, or finished work paid for again) | 0 | **{m['double_charged_attempts'] + m['work_charged_twice']}** {ok(m['double_charged_attempts'] + m['work_charged_twice'] == 0)} |
-| attempts used by preemption | 0 | **{m['attempts_burned_by_preemption']}** of {m['preemptions_checked']} live attempts on machines told they were preempted ({m['preempted_attempts']} preempted attempts in all, none counted; {m['dead_at_notice']} attempts already dead at the notice, their pool process SIGKILLed before, were left to the reaper; {m['unverified_notices']} notices came while the database was down and could not be checked) {ok(m['attempts_burned_by_preemption'] == 0)} |
+| attempts used by preemption | 0 | **{m['attempts_burned_by_preemption']}** of {m['preemptions_checked']} live attempts on machines told they were preempted ({m['preempted_attempts']} preempted attempts in all, none counted; {m['dead_at_notice']} attempts already dead at the notice, their pool process SIGKILLed before, were left to the reaper; {m['unverified_notices']} notices and {m['unverified_kills']} kills came while the database was down and could not be checked) {ok(m['attempts_burned_by_preemption'] == 0)} |
 | duplicate messages (deliveries refused by the claim) | ≤ jobs ({m['jobs']}) | **{duplicates}**; {m['republished']} messages re-sent by the leader or requeues {ok(duplicates <= m['jobs'])} |
 | worker deaths from messages | 0 | **{m['unexpected_exits']}** unexpected exits; {m['malformed_sent']} malformed messages sent, {m['rejected_logged']} reached a worker and were rejected, {m['rejected_recorded']} recorded (the rest vanished with a broker restart before a worker got to them) {ok(m['unexpected_exits'] == 0)} |
 | worker exits and their causes | | {exits}; asked to stop but exited non-zero: {m['asked_but_nonzero']} |

@@ -49,6 +49,7 @@ def test_a_preempted_job_is_requeued_at_once_charged_its_time_and_costs_no_attem
     # calibrate keeps no checkpoint: everything the attempt spent was lost to the preemption.
     assert show_budget["preemptions"]["attempts"] == 1
     assert show_budget["preemptions"]["charged_micros"] == show_budget["preemptions"]["lost_micros"] == preempted["charged_micros"]
+    assert "1 attempt(s) moved to other workers" in embedded.ok("budget", "show", "b").stdout
     if notice == "aws":
         assert ("PUT", "/latest/api/token") in metadata_server.requests
 
