@@ -270,19 +270,16 @@ class Runtime:
         return soft + 10.0, soft
 
     def time_limits(self, job_id: str) -> tuple[Optional[float], Optional[float]]:
-        """The limits for a job, from what the ledger still reserves for it (never from the message).
+        """The limits for a job, from what the ledger still reserves for it (never from the message)."""
 
-        Read twice at most: after a database restart the first read may find a pooled connection
-        the server closed (the pool then starts afresh).
-        """
-        for last in (False, True):
-            try:
-                with self.store.session() as s:
-                    return self.limits_for(queries.get_job(s, job_id=job_id).reserved_micros)
-            except BackendUnavailable:
-                if last:
-                    raise
-        raise AssertionError("unreachable")
+        def read() -> tuple[Optional[float], Optional[float]]:
+            with self.store.session() as s:
+                return self.limits_for(queries.get_job(s, job_id=job_id).reserved_micros)
+
+        try:
+            return read()
+        except BackendUnavailable:
+            return read()  # after a database restart a pooled connection may be dead; the pool starts afresh
 
     def execute(self, job_id: str) -> str:
         """Claim, run and settle one job. Returns the status it settled with."""
