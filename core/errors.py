@@ -51,6 +51,12 @@ class JobsUnfinished(BudgetqError):
     exit_code = 6
 
 
+class WorkerStopped(BudgetqError):
+    """The worker stopped without being asked to (its consumer gave up): exit non-zero so a supervisor restarts it."""
+
+    exit_code = 7
+
+
 class ClaimRefused(BudgetqError):
     """A job is not claimable: a duplicate delivery, a cancelled job, or unmet dependencies."""
 

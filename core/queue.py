@@ -1,13 +1,18 @@
 """The queue: the Celery app and the one way onto it, publishing after commit.
 
-The app is JSON only, acknowledges late, takes one message at a time and has no result backend
-(results live in the ledger). With ``BROKER_URL`` unset the broker is kombu's filesystem transport
-under ``$BUDGETQ_HOME/broker``: no server to run.
+The app is JSON only, takes one message at a time and has no result backend (results live in the
+ledger). With ``BROKER_URL`` unset the broker is kombu's filesystem transport under
+``$BUDGETQ_HOME/broker``: no server to run.
 
 A job is published only once its admission (or requeue) is committed, by ``publish_after_commit``.
-A publish that fails leaves the job admitted; ``budgetq jobs resend`` and the workers' upkeep
-re-publish ready jobs that no worker has claimed for a while, so nothing is lost. A duplicate
-message is harmless: the claim refuses it.
+A message is acknowledged when a pool process takes it: from its claim on, the ledger owns the
+job (a dead worker's attempt is reaped and requeued, and the requeue publishes again). A message
+lost before its claim (a broker restart, a worker killed in between, a publish that failed) leaves
+a ready job with no message; the upkeep leader sees that in the broker (``core.broker``) and
+re-publishes it, and only it. A duplicate message is harmless anyway: the claim refuses it.
+
+The worker's consumer reconnects to the broker forever, with capped backoff; the producer's
+publish gives up after a few quick retries so the CLI can say the broker is down.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from functools import lru_cache
 import kombu.exceptions
 from celery import Celery
 
+from core import transports
+from core.broker import in_flight
 from core.errors import BackendUnavailable
 from core.settings import Settings, current_settings, mask_url
 from models import ledger
@@ -25,6 +32,8 @@ from models.db import Ledger
 from models.views import Closed, Ready
 
 RUN_JOB = "budgetq.run_job"
+# The worker's consumer: wait at most this long between reconnection attempts, however long the broker is away.
+RECONNECT_BACKOFF_MAX_SECONDS = 10.0
 
 
 def make_app(settings: Settings) -> Celery:
@@ -38,13 +47,20 @@ def make_app(settings: Settings) -> Celery:
         event_serializer="json",
         result_backend=None,
         task_ignore_result=True,
-        # A message is acknowledged after the job settles, and requeued if the worker dies.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # Acknowledged when a pool process takes the message; the ledger owns the job from its claim.
+        task_acks_late=False,
         worker_prefetch_multiplier=1,
+        # Redis: fetch a message only when a pool process is free, so no worker hoards queued jobs.
+        worker_disable_prefetch=settings.broker_url.startswith(("redis://", "rediss://")),
         task_default_queue="default",
+        # The consumer retries the broker forever (with capped backoff, see worker.guard); the
+        # producer's publish has its own short retry policy and reports an unreachable broker.
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=3,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_transport=transports.for_url(settings.broker_url),
+        worker_consumer="worker.guard:GuardedConsumer",
         worker_hijack_root_logger=False,
         imports=["worker.tasks"],
     )
@@ -61,7 +77,8 @@ def make_app(settings: Settings) -> Celery:
             "polling_interval": 0.2,
         }
     else:
-        # A short connect timeout, so an unreachable broker is reported instead of retried forever.
+        # For the producer's connection: a short retry, so an unreachable broker is reported instead
+        # of retried forever. The worker's consumer connects with its own (endless) policy.
         app.conf.broker_transport_options = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
     return app
 
@@ -99,17 +116,41 @@ def publish_after_commit(store: Ledger, jobs: Sequence[Ready], *, mark: bool = T
     return sent
 
 
-def resend(store: Ledger, *, older_than_seconds: float, queues: Sequence[str] | None = None) -> list[str]:
-    """Re-publish queued, ready jobs not published in the last ``older_than_seconds``."""
+def missing_messages(store: Ledger, *, older_than_seconds: float, queues: Sequence[str] | None = None,
+                     unacked_within: float = 30.0) -> list[Ready]:
+    """Ready jobs, unchanged for ``older_than_seconds``, whose message the broker does not hold.
+
+    The ledger is read before and after the broker, so a job claimed while we looked (its message
+    taken, its claim not yet committed at the first read) does not look missing.
+    """
     with store.session() as s:
-        jobs = ledger.ready_to_publish(s, older_than_seconds=older_than_seconds)
+        ready = ledger.ready_to_publish(s, older_than_seconds=older_than_seconds)
     if queues is not None:
-        jobs = [j for j in jobs if j.queue in queues]
+        ready = [j for j in ready if j.queue in queues]
+    if not ready:
+        return []
+    held = in_flight(default_app(), {j.queue for j in ready}, task=RUN_JOB, unacked_within=unacked_within)
+    candidates = [j for j in ready if not held.holds(j.id, j.queue)]
+    if not candidates:
+        return []
+    with store.session() as s:
+        still = {j.id for j in ledger.ready_to_publish(s, older_than_seconds=older_than_seconds, job_ids=[j.id for j in candidates])}
+    return [j for j in candidates if j.id in still]
+
+
+def resend(store: Ledger, *, older_than_seconds: float, queues: Sequence[str] | None = None, force: bool = False) -> list[str]:
+    """Re-publish ready jobs not published in the last ``older_than_seconds`` whose message is missing
+    (``force``: every one of them, queued message or not)."""
+    if force:
+        with store.session() as s:
+            jobs = [j for j in ledger.ready_to_publish(s, older_than_seconds=older_than_seconds) if queues is None or j.queue in queues]
+    else:
+        jobs = missing_messages(store, older_than_seconds=older_than_seconds, queues=queues)
     return publish_after_commit(store, jobs) if jobs else []
 
 
 def reap(store: Ledger, *, resend_after_seconds: float, queues: Sequence[str] | None = None) -> tuple[list[Closed], list[str]]:
-    """Reap expired leases, publish the jobs that were requeued, and re-send stale ready ones.
+    """Reap expired leases, publish the jobs that were requeued, and re-send ready ones whose message is missing.
 
     Returns ``(closed attempts, ids published)``.
     """

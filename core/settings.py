@@ -14,7 +14,7 @@ import re
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,7 @@ from core.errors import ConfigError, InvalidInput
 from core.limits import check_name
 from core.money import parse_dollars
 
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://\S*$")
 # `scheme://user:password@host`: the password runs to the last '@' of the URL (a password may hold
 # '@' itself), so everything from the ':' to that '@' is hidden. Over-masking is the safe mistake.
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/:@\s'\"]*:)(?P<password>[^\s'\"]*)@")
@@ -46,6 +47,18 @@ class PasswordMask(logging.Filter):
         if record.exc_text:
             record.exc_text = mask_url(record.exc_text)
         return True
+
+
+def _json_object(value: Any, shape: str) -> dict[str, Any]:
+    """A JSON object given as text (or already parsed); anything else raises ``shape`` as the error."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(shape) from None
+    if not isinstance(value, dict):
+        raise ValueError(shape)
+    return value
 
 
 def _finite(name: str, value: float, *, low: float, high: float) -> float:
@@ -74,6 +87,8 @@ class Settings(BaseSettings):
     queue_routes: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict, validation_alias="QUEUE_ROUTES")
     artifact_location: str = Field("", validation_alias="ARTIFACT_DIR")  # empty: under home
     checkpoint_location: str = Field("", validation_alias="CHECKPOINT_DIR")  # empty: under home
+    # fsspec options for remote ARTIFACT_DIR / CHECKPOINT_DIR (e.g. {"client_kwargs": {"endpoint_url": ...}}).
+    storage_options: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict, validation_alias="STORAGE_OPTIONS")
     extra_initiatives: str = Field("", validation_alias="BUDGETQ_INITIATIVES")
     clinc150_dir: str = Field("", validation_alias="CLINC150_DIR")
     # Debian's wordnet-base; without it (and without WordNet on NLTK's own data path) the steps that
@@ -82,6 +97,11 @@ class Settings(BaseSettings):
     # Off a terminal a worker logs a running job's step, loss and cost at most this often (and at
     # most every 10% of its steps).
     progress_log_seconds: float = Field(30.0, validation_alias="PROGRESS_LOG_SECONDS")
+    # Spot preemption notices besides SIGTERM: a metadata URL polled every few seconds, or a file.
+    preemption_notice_url: str = Field("", validation_alias="PREEMPTION_NOTICE_URL")
+    preemption_notice_kind: Literal["aws", "gcp"] = Field("aws", validation_alias="PREEMPTION_NOTICE_KIND")
+    preemption_notice_file: str = Field("", validation_alias="PREEMPTION_NOTICE_FILE")
+    preemption_poll_seconds: float = Field(5.0, validation_alias="PREEMPTION_POLL_SECONDS")
 
     @model_validator(mode="before")
     @classmethod
@@ -149,7 +169,7 @@ class Settings(BaseSettings):
     @field_validator("home", "artifact_location", "checkpoint_location")
     @classmethod
     def _folder(cls, value: Any, info) -> Any:
-        if value:
+        if value and "://" not in str(value):  # an object-store URL is checked by _location
             _check_folder(Path(value), name=str(cls.model_fields[info.field_name].validation_alias))
         return value
 
@@ -172,16 +192,38 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("preemption_poll_seconds")
+    @classmethod
+    def _poll(cls, value: float) -> float:
+        return _finite("PREEMPTION_POLL_SECONDS", value, low=0.05, high=600)
+
+    @field_validator("preemption_notice_url")
+    @classmethod
+    def _notice_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("PREEMPTION_NOTICE_URL must be an http(s) URL, like http://169.254.169.254")
+        return value.rstrip("/")
+
+    @field_validator("artifact_location", "checkpoint_location")
+    @classmethod
+    def _location(cls, value: str, info) -> str:
+        name = "ARTIFACT_DIR" if info.field_name == "artifact_location" else "CHECKPOINT_DIR"
+        if "://" in value and not _URL.match(value):
+            raise ValueError(f"{name} must be a folder or a URL like s3://bucket/prefix, gs://bucket/prefix or file:///path")
+        return value.rstrip("/") if "://" in value else value
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _storage_options(cls, value: Any) -> dict[str, Any]:
+        shape = 'STORAGE_OPTIONS must be a JSON object of fsspec options, like {"client_kwargs": {"endpoint_url": "http://minio:9000"}}'
+        return _json_object(value, shape)
+
     @field_validator("queue_routes", mode="before")
     @classmethod
     def _routes(cls, value: Any) -> dict[str, str]:
         shape = 'QUEUE_ROUTES must be JSON mapping initiative names to queue names, like {"baseline": "gpu"}'
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise ValueError(shape) from None
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
+        value = _json_object(value, shape)
+        if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
             raise ValueError(shape)
         for queue in value.values():
             _as_value_error(check_name, queue, what="QUEUE_ROUTES: queue")
@@ -196,12 +238,33 @@ class Settings(BaseSettings):
         return self.home / "broker"
 
     @property
+    def artifact_url(self) -> str:
+        """Where artifacts go: a local folder, or an fsspec URL (s3://, gs://, file://...)."""
+        return self.artifact_location or str(self.home / "artifacts")
+
+    @property
+    def checkpoint_url(self) -> str:
+        """Where checkpoints go: a local folder, or an fsspec URL shared by the whole fleet."""
+        return self.checkpoint_location or str(self.home / "checkpoints")
+
+    @property
     def artifact_dir(self) -> Path:
-        return Path(self.artifact_location) if self.artifact_location else self.home / "artifacts"
+        """The local artifact folder (with a URL ``ARTIFACT_DIR``: this worker's download cache)."""
+        if self.artifact_location and "://" not in self.artifact_location:
+            return Path(self.artifact_location)
+        return self.home / "artifacts"
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint_location) if self.checkpoint_location else self.home / "checkpoints"
+        """The local checkpoint folder (with a URL ``CHECKPOINT_DIR``: this worker's cache of it)."""
+        if self.checkpoint_location and "://" not in self.checkpoint_location:
+            return Path(self.checkpoint_location)
+        return self.home / "checkpoints"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Settlements finished while the database was unreachable wait here (local disk)."""
+        return self.home / "spool"
 
     def queue_for(self, initiative: str) -> str:
         """One queue per initiative unless ``QUEUE_ROUTES`` says otherwise."""

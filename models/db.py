@@ -8,7 +8,9 @@ locks serialise writers to the same budget.
 
 from __future__ import annotations
 
+import os
 import re
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +49,12 @@ def make_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
             return _sqlite_engine(url)
-        return create_engine(url, isolation_level="READ COMMITTED", pool_recycle=1800)
+        # A bounded connect, and keepalives that notice a server gone away: a worker must learn the
+        # database is down in seconds (and spool, retry), never hang its consumer on a dead socket.
+        return create_engine(
+            url, isolation_level="READ COMMITTED", pool_recycle=1800,
+            connect_args={"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3},
+        )
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ImportError, ValueError) as exc:
         raise ConfigError(f"DATABASE_URL {mask_url(url)!r} is not usable: {_first_line(exc)}") from None
 
@@ -89,6 +96,10 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
+        # A forked child (a Celery pool process) must never use, or close, the parent's pooled
+        # connections: that would interleave two processes on one socket. It starts a pool of its own.
+        engine = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: (e := engine()) is not None and e.dispose(close=False))
 
     @property
     def dialect(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     BigInteger,
+    Integer,
     String,
     Text,
     and_,
@@ -45,7 +46,7 @@ from core.errors import (
 )
 from core.limits import KEY_LENGTH, check_name, check_rank, check_text
 from core.money import format_micros
-from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, describe
+from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, describe, next_status
 from models.queries import _job_by_key, get_budget, get_job
 from models.schema import (
     Artifact,
@@ -54,8 +55,11 @@ from models.schema import (
     Job,
     JobDependency,
     JobNote,
+    Lease,
     LedgerEntry,
     Metric,
+    Preemption,
+    RejectedMessage,
     WorkerRow,
 )
 from models.spend import record_crossings
@@ -229,9 +233,10 @@ def _add_dependency(s: Session, *, job_id: str, after_job_id: str) -> None:
 
 
 def mark_published(s: Session, *, job_ids: Iterable[str]) -> None:
+    """Record that a message was sent for each job again (a requeue, a re-send), and count it."""
     ids = list(job_ids)
     if ids:
-        s.execute(update(jobs_t).where(Job.id.in_(ids)).values(published_at=utcnow()))
+        s.execute(update(jobs_t).where(Job.id.in_(ids)).values(published_at=utcnow(), publications=jobs_t.c.publications + 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,16 +270,18 @@ _CLAIM = (
     .where(
         jobs_t.c.id == bindparam("job_id"),
         jobs_t.c.status.in_(CLAIMABLE),
-        jobs_t.c.attempts < jobs_t.c.max_attempts,
+        # Preempted claims cost the job no attempt: only the others count against max_attempts.
+        jobs_t.c.attempts - jobs_t.c.preemptions < jobs_t.c.max_attempts,
         jobs_t.c.cancel_requested.is_(False),
         ~_deps_unmet(jobs_t.c.id),
     )
     .values(
         status="running", attempts=jobs_t.c.attempts + 1, worker=bindparam("owner"),
         lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), metered_micros=0, progress=None,
-        started_at=_NOW, updated_at=_NOW,
+        checkpoint_micros=0, preempt_requested=False, started_at=_NOW, updated_at=_NOW,
     )
-    .returning(jobs_t.c.attempts, jobs_t.c.max_attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros)
+    .returning(jobs_t.c.attempts, jobs_t.c.max_attempts, jobs_t.c.initiative, jobs_t.c.params, jobs_t.c.reserved_micros,
+               jobs_t.c.preemptions)
 )
 
 
@@ -289,7 +296,8 @@ def claim_job(s: Session, *, job_id: str, worker: str, lease_seconds: float) -> 
     row = s.execute(_CLAIM, {"job_id": job_id, "owner": worker, "lease_end": lease_until, "now": now}).one_or_none()
     if row is None:
         raise ClaimRefused(_why_unclaimable(s, job_id))
-    return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until, row.max_attempts)
+    return Claim(job_id, row.attempts, row.initiative, dict(row.params), row.reserved_micros, lease_until, row.max_attempts,
+                 row.preemptions)
 
 
 def _why_unclaimable(s: Session, job_id: str) -> str:
@@ -302,6 +310,7 @@ def _why_unclaimable(s: Session, job_id: str) -> str:
 
 
 _METERED = bindparam("metered", type_=BigInteger)
+_CHECKPOINTED = bindparam("checkpointed", type_=BigInteger)
 _HEARTBEAT = (
     update(jobs_t)
     .where(
@@ -310,25 +319,30 @@ _HEARTBEAT = (
     )
     .values(
         metered_micros=case((jobs_t.c.reserved_micros < _METERED, jobs_t.c.reserved_micros), else_=_METERED),
+        checkpoint_micros=case((jobs_t.c.reserved_micros < _CHECKPOINTED, jobs_t.c.reserved_micros), else_=_CHECKPOINTED),
         lease_until=bindparam("lease_end", type_=jobs_t.c.lease_until.type), updated_at=_NOW,
         progress=bindparam("progress", type_=jobs_t.c.progress.type),
     )
-    .returning(jobs_t.c.reserved_micros, jobs_t.c.cancel_requested)
+    .returning(jobs_t.c.reserved_micros, jobs_t.c.cancel_requested, jobs_t.c.preempt_requested)
 )
 
 
-def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float,
-              progress: Optional[dict[str, Any]] = None) -> Beat:
-    """Record the cost metered so far and extend the lease; say whether the worker must stop.
+def heartbeat(
+    s: Session, *, job_id: str, attempt: int, worker: str, metered_micros: int, lease_seconds: float, checkpoint_micros: int = 0,
+    progress: Optional[dict[str, Any]] = None,
+) -> Beat:
+    """Record the cost metered so far (and at the last durable checkpoint), extend the lease; say whether to stop.
 
     The metered cost is capped at the reservation in SQL. ``progress`` (the payload's last step,
     total, loss and stage, or None) rides along for displays. ``LeaseLost`` means the attempt was
-    reaped or the job settled elsewhere.
+    reaped or the job settled elsewhere. A cancel outranks a spent reservation, which outranks a
+    preemption (a job out of money is stopped, not moved).
     """
     now = utcnow()
     row = s.execute(_HEARTBEAT, {
         "job_id": job_id, "attempt": attempt, "owner": worker, "metered": metered_micros,
-        "lease_end": now + timedelta(seconds=lease_seconds), "now": now, "progress": progress,
+        "checkpointed": min(checkpoint_micros, metered_micros), "lease_end": now + timedelta(seconds=lease_seconds), "now": now,
+        "progress": progress,
     }).one_or_none()
     if row is None:
         raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker}")
@@ -336,16 +350,33 @@ def heartbeat(s: Session, *, job_id: str, attempt: int, worker: str, metered_mic
         return Beat(StopReason.CANCEL)
     if metered_micros >= row.reserved_micros:
         return Beat(StopReason.BUDGET)
+    if row.preempt_requested:
+        return Beat(StopReason.PREEMPTION)
     return Beat(None)
 
 
-def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason: Any, keep_worker: bool = True,
-                    also: Optional[dict[str, Any]] = None) -> Any:
+def request_preemption(s: Session, *, worker: str) -> int:
+    """Tell every attempt ``worker`` runs to checkpoint and stop: its machine is being reclaimed.
+
+    The worker signals its pool processes directly; this is the fallback its heartbeats read.
+    Returns how many running attempts were told.
+    """
+    done = s.execute(
+        update(jobs_t).where(jobs_t.c.worker == worker, jobs_t.c.status == "running").values(preempt_requested=True)
+    )
+    return done.rowcount or 0
+
+
+def _closing_update(
+    *, guard: Any, charge: Any, status: Any, error: Any, reason: Any, keep_worker: bool = True, preempted: Any = None,
+    also: Optional[dict[str, Any]] = None,
+) -> Any:
     """The one guarded UPDATE that ends attempts, returning what it charged and released.
 
     Every SET expression reads the row as it was before the UPDATE (SQL semantics on both
     PostgreSQL and SQLite), so ``reserved_micros`` below is the reservation being closed.
     ``also`` sets more columns in the same statement (settle records where the attempt ran).
+    ``preempted`` (1 or 0) adds the attempt to ``preemptions``: it then costs the job no attempt.
     """
     charged = case((jobs_t.c.reserved_micros < charge, jobs_t.c.reserved_micros), else_=charge)
     final = status.in_(FINAL)
@@ -359,6 +390,9 @@ def _closing_update(*, guard: Any, charge: Any, status: Any, error: Any, reason:
             last_charge_micros=charged,
             last_release_micros=case((final, jobs_t.c.reserved_micros - charged), else_=0),
             metered_micros=0,
+            checkpoint_micros=0,
+            preempt_requested=False,
+            **({} if preempted is None else {"preemptions": jobs_t.c.preemptions + preempted}),
             lease_until=None,
             error=error,
             stop_reason=reason,
@@ -427,6 +461,7 @@ _SETTLE = _Closing.build(
     status=bindparam("new_status", type_=String),
     error=bindparam("error", type_=Text),
     reason=bindparam("reason", type_=String),
+    preempted=bindparam("preempted", type_=Integer),
     also={c.name: _or_kept(c) for c in (jobs_t.c.device, jobs_t.c.rate_micros_per_hour, jobs_t.c.work_steps)},
 )
 
@@ -445,23 +480,27 @@ def settle_job(
     failures: Iterable[Any] = (),
     notes: Iterable[str] = (),
     usage: Optional[Usage] = None,
+    checkpoint_micros: int = 0,
 ) -> Closed:
     """Close an attempt: charge its cost (at most the reservation), write results and the status.
 
     ``status`` (from ``core.status.next_status``) is final (succeeded, failed, budget_stopped,
     cancelled), releasing the rest of the reservation, or ``requeued``, keeping it for the next
     attempt; ``stop`` says why the attempt ended early. ``usage`` (where it ran, what it did) is
-    recorded on the job for cost forecasts. Calling it again for the same attempt returns the first
-    outcome and changes nothing.
+    recorded on the job for cost forecasts. A preempted attempt (``stop.reason`` is preemption)
+    counts in ``preemptions``, so it costs the job no attempt, and is recorded with what it lost:
+    its charge beyond ``checkpoint_micros``, the metered cost at its last durable checkpoint.
+    Calling it again for the same attempt returns the first outcome and changes nothing.
     """
     if status not in set(JobStatus) or status not in FINAL_STATUSES | {JobStatus.REQUEUED}:
         raise InvalidInput(f"cannot settle a job as {status!r}")
     status = JobStatus(status)
-    if cost_micros < 0:
+    if cost_micros < 0 or checkpoint_micros < 0:
         raise InvalidInput("a cost cannot be negative")
+    preempted = stop is not None and stop.reason is StopReason.PREEMPTION and status is JobStatus.REQUEUED
     closed = _close_attempt(s, _SETTLE, {
         "job_id": job_id, "attempt": attempt, "owner": worker, "charge": cost_micros, "new_status": status.value,
-        "error": describe(stop) if stop else None, "reason": stop.reason.value if stop else None,
+        "error": describe(stop) if stop else None, "reason": stop.reason.value if stop else None, "preempted": int(preempted),
         "usage_device": usage.device if usage else None,
         "usage_rate_micros_per_hour": usage.rate_micros_per_hour if usage else None,
         "usage_work_steps": usage.work_steps if usage else None,
@@ -470,6 +509,10 @@ def settle_job(
         return _replayed_or_lost(s, job_id=job_id, attempt=attempt, worker=worker)
     (result,) = closed
     _write_results(s, job_id=job_id, attempt=attempt, metrics=metrics, artifacts=artifacts, failures=failures, notes=notes)
+    if preempted:
+        lost = result.charge_micros - min(checkpoint_micros, result.charge_micros)
+        s.execute(insert(Preemption).values(job_id=job_id, attempt=attempt, worker=worker, charged_micros=result.charge_micros,
+                                            lost_micros=lost, created_at=utcnow()))
     return result
 
 
@@ -550,36 +593,77 @@ def _write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts,
             s.execute(insert(model), rows)
 
 
-_REAP = _Closing.build(
-    guard=and_(jobs_t.c.status == "running", jobs_t.c.lease_until < bindparam("expired_before", type_=jobs_t.c.lease_until.type)),
-    charge=jobs_t.c.metered_micros,
-    status=case(
-        (jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, "budget_stopped"),
-        (jobs_t.c.attempts < jobs_t.c.max_attempts, "requeued"),
-        else_="failed",
-    ),
-    error=case(
-        (jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, "lease expired after the reservation was spent"),
-        else_=literal("lease expired: worker ") + func.coalesce(jobs_t.c.worker, "?") + " stopped heartbeating",
-    ),
-    reason=case((jobs_t.c.metered_micros >= jobs_t.c.reserved_micros, StopReason.BUDGET.value), else_=StopReason.LOST.value),
+_workers_t = WorkerRow.__table__
+_EXPIRED = (
+    select(
+        jobs_t.c.id, jobs_t.c.attempts, jobs_t.c.preemptions, jobs_t.c.max_attempts, jobs_t.c.reserved_micros,
+        jobs_t.c.metered_micros, jobs_t.c.cancel_requested, jobs_t.c.worker, jobs_t.c.started_at, jobs_t.c.lease_until,
+        _workers_t.c.price_micros_per_hour, _workers_t.c.slots, _workers_t.c.last_seen,
+    )
+    .select_from(jobs_t.outerjoin(_workers_t, _workers_t.c.name == jobs_t.c.worker))
+    .where(jobs_t.c.status == "running", jobs_t.c.lease_until < bindparam("expired_before", type_=jobs_t.c.lease_until.type))
+    .order_by(jobs_t.c.lease_until)
+)
+
+_REAP_ONE = _Closing.build(
+    # Still the attempt that was read, and still expired: a heartbeat that renewed it since wins.
+    guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.attempts == bindparam("attempt"), jobs_t.c.status == "running",
+               jobs_t.c.lease_until < bindparam("expired_before", type_=jobs_t.c.lease_until.type)),
+    charge=bindparam("charge", type_=BigInteger),
+    status=bindparam("new_status", type_=String),
+    error=bindparam("error", type_=Text),
+    reason=bindparam("reason", type_=String),
     # The dead worker loses the attempt: a late settlement from it is refused (LeaseLost).
     keep_worker=False,
 )
 
 
 def reap_expired(s: Session, *, now: Optional[datetime] = None) -> list[Closed]:
-    """Close every running attempt whose lease ran out (its worker died).
+    """Close every running attempt whose lease ran out (its worker died, or stopped reaching us).
 
-    It is charged what was metered up to its last heartbeat. The job then stops as
-    budget_stopped if that spent its reservation, is requeued if attempts are left, or fails.
+    Each is charged from its claim to its last sign of life: its last heartbeat's metered cost,
+    or, if later, its worker's last ``last_seen`` (within the lease) at that worker's price, so an
+    attempt killed before its first heartbeat still pays for the time it ran. ``next_status``
+    decides what follows, from why it stopped (a cancel, a spent reservation, or a lost worker)
+    and the attempts the job has used.
     """
-    return _close_attempt(s, _REAP, {"expired_before": now or utcnow()})
+    expired_before = now or utcnow()
+    closed: list[Closed] = []
+    for row in s.execute(_EXPIRED, {"expired_before": expired_before}).all():
+        charge = _charge_to_last_sign_of_life(row)
+        stop = _why_reaped(row, charge)
+        status = next_status(stop, attempts=row.attempts, max_attempts=row.max_attempts, preemptions=row.preemptions)
+        closed += _close_attempt(s, _REAP_ONE, {
+            "job_id": row.id, "attempt": row.attempts, "expired_before": expired_before, "charge": charge,
+            "new_status": status.value, "error": describe(stop), "reason": stop.reason.value,
+        })
+    return closed
 
 
+def _charge_to_last_sign_of_life(row: Any) -> int:
+    """The larger of the metered cost and price x (last sign of life - claim) / slots, capped at the reservation."""
+    charge = row.metered_micros
+    if row.price_micros_per_hour is not None and row.last_seen is not None and row.started_at is not None:
+        alive_until = min(row.last_seen, row.lease_until)
+        elapsed_us = (alive_until - row.started_at) // timedelta(microseconds=1)
+        if elapsed_us > 0:
+            charge = max(charge, row.price_micros_per_hour * elapsed_us // (3_600_000_000 * max(1, row.slots)))
+    return min(charge, row.reserved_micros)
+
+
+def _why_reaped(row: Any, charge: int) -> Stop:
+    if row.cancel_requested:
+        return Stop(StopReason.CANCEL, "its worker stopped heartbeating after the cancel")
+    if charge >= row.reserved_micros:
+        return Stop(StopReason.BUDGET, "lease expired after the reservation was spent")
+    return Stop(StopReason.LOST, f"worker {row.worker or '?'} stopped heartbeating")
+
+
+# A job that never started has no attempt to count; next_status still decides what a cancel means.
+_CANCELLED = next_status(Stop(StopReason.CANCEL), attempts=0, max_attempts=1).value
 _CANCEL_QUEUED = _Closing.build(
     guard=and_(jobs_t.c.id == bindparam("job_id"), jobs_t.c.status.in_(CLAIMABLE)),
-    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal(describe(Stop(StopReason.CANCEL)), Text),
+    charge=literal(0, BigInteger), status=literal(_CANCELLED, String), error=literal(describe(Stop(StopReason.CANCEL)), Text),
     reason=literal(StopReason.CANCEL.value, String),
 )
 
@@ -598,7 +682,7 @@ _CANCEL_ORPHANS = _Closing.build(
         jobs_t.c.status.in_(CLAIMABLE),
         _some_dependency(jobs_t.c.id, _dep.c.status.in_([s.value for s in DEAD_ENDS])),
     ),
-    charge=literal(0, BigInteger), status=literal("cancelled", String), error=literal("a dependency did not succeed", Text),
+    charge=literal(0, BigInteger), status=literal(_CANCELLED, String), error=literal("a dependency did not succeed", Text),
     reason=literal(StopReason.CANCEL.value, String),
 )
 
@@ -620,7 +704,8 @@ def ready_to_publish(
     query = (
         select(Job.id, Job.queue, Job.reserved_micros)
         .where(Job.status.in_(CLAIMABLE), ~_deps_unmet(Job.id), Job.cancel_requested.is_(False))
-        .where(func.coalesce(Job.published_at, Job.created_at) <= cutoff)
+        # Neither published nor changed (requeued, which publishes after its commit) lately.
+        .where(func.coalesce(Job.published_at, Job.created_at) <= cutoff, Job.updated_at <= cutoff)
         .order_by(Job.rank, Job.created_at)
     )
     if job_ids is not None:
@@ -651,6 +736,42 @@ def register_worker(
 
 def touch_worker(s: Session, *, name: str) -> None:
     s.execute(update(WorkerRow.__table__).where(WorkerRow.name == name).values(last_seen=utcnow()))
+
+
+def acquire_lease(s: Session, *, name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the named lease for ``holder`` if it is free, expired or already theirs.
+
+    One guarded UPDATE (or the first INSERT), so two workers never both hold it; works the same on
+    SQLite and PostgreSQL, unlike advisory locks.
+    """
+    now = utcnow()
+    until = now + timedelta(seconds=seconds)
+    leases_t = Lease.__table__
+    taken = s.execute(
+        update(leases_t)
+        .where(leases_t.c.name == name, (leases_t.c.holder == holder) | (leases_t.c.expires_at < now))
+        .values(holder=holder, expires_at=until)
+    ).rowcount
+    if taken:
+        return True
+    try:
+        with s.begin_nested():
+            s.execute(insert(leases_t).values(name=name, holder=holder, expires_at=until))
+    except IntegrityError:
+        return False  # someone else holds it
+    return True
+
+
+def release_lease(s: Session, *, name: str, holder: str) -> None:
+    """Give the lease up early (a worker shutting down), so another can take it at once."""
+    leases_t = Lease.__table__
+    s.execute(update(leases_t).where(leases_t.c.name == name, leases_t.c.holder == holder).values(expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def record_rejected(s: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Append queue messages a worker acknowledged without running them, with the reason."""
+    if rows:
+        s.execute(insert(RejectedMessage), [dict(r) for r in rows])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ from sqlalchemy.orm import Session
 
 from core.errors import NotFound
 from core.status import FINAL_STATUSES
-from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, JobNote, LedgerEntry, Metric
+from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, JobNote, LedgerEntry, Metric, Preemption, RejectedMessage
 from models.views import (
     AuditProblem,
     BudgetView,
     ImprovementRow,
     JobView,
+    PreemptionSummary,
+    RejectedView,
     _budget_view,
     _job_view,
 )
@@ -113,7 +115,10 @@ def audit(s: Session) -> list[AuditProblem]:
             .group_by(LedgerEntry.job_id, LedgerEntry.kind)
         )
     }
+    preempted = dict(s.execute(select(Preemption.job_id, func.count()).group_by(Preemption.job_id)).all())
     for job in s.scalars(select(Job)):
+        if preempted.get(job.id, 0) != job.preemptions:
+            problems.append(AuditProblem(f"job {job.id}", f"preemptions is {job.preemptions} but {preempted.get(job.id, 0)} are recorded"))
         charged = job_sums.get((job.id, "charge"), 0)
         held = job_sums.get((job.id, "reserve"), 0) - job_sums.get((job.id, "release"), 0) - charged
         if charged != job.charged_micros:
@@ -184,3 +189,20 @@ def job_notes(s: Session, *, job_ids: list[str]) -> dict[str, list[str]]:
     for job_id, text in s.execute(select(JobNote.job_id, JobNote.text).where(JobNote.job_id.in_(job_ids)).order_by(JobNote.id)):
         notes.setdefault(job_id, []).append(text)
     return notes
+def preemption_summary(s: Session, *, budget: str) -> PreemptionSummary:
+    """How many attempts of ``budget``'s jobs were preempted, what they charged, and what they lost."""
+    row = s.execute(
+        select(func.count(Preemption.id), func.coalesce(func.sum(Preemption.charged_micros), 0),
+               func.coalesce(func.sum(Preemption.lost_micros), 0))
+        .select_from(Preemption)
+        .join(Job, Job.id == Preemption.job_id)
+        .join(Budget, Budget.id == Job.budget_id)
+        .where(Budget.name == budget)
+    ).one()
+    return PreemptionSummary(budget, int(row[0]), int(row[1]), int(row[2]))
+
+
+def rejected_messages(s: Session, *, limit: int = 100) -> list[RejectedView]:
+    """The newest queue messages workers acknowledged without running them."""
+    rows = s.scalars(select(RejectedMessage).order_by(RejectedMessage.id.desc()).limit(limit))
+    return [RejectedView(r.received_at, r.worker, r.queue, r.task, r.message_id, r.content_type, r.bytes, r.reason) for r in rows]

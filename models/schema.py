@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -64,6 +65,7 @@ class Job(Base):
         ),
         CheckConstraint("status IN ('" + "','".join(JOB_STATUSES) + "')", name="job_status_known"),
         CheckConstraint("stop_reason IS NULL OR stop_reason IN ('" + "','".join(STOP_REASONS) + "')", name="job_stop_reason_known"),
+        CheckConstraint("preemptions >= 0 AND preemptions <= attempts", name="job_preemptions_within_attempts"),
         Index("jobs_by_status", "status", "lease_until"),
         Index("jobs_by_budget", "budget_id", "created_at"),
     )
@@ -84,9 +86,20 @@ class Job(Base):
     # closes the attempt, so the budget row and the ledger entries follow without a read-back.
     last_charge_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     last_release_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Every claim counts here (it keys idempotency); the claims that ended in a preemption also
+    # count in ``preemptions``, and only ``attempts - preemptions`` is held against max_attempts.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The worker's machine is being reclaimed: its heartbeat tells the payload to checkpoint and stop
+    # (a fallback for the signal its worker sends the pool processes).
+    preempt_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Metered cost of the running attempt when it last saved a durable checkpoint (heartbeat-reported).
+    checkpoint_micros: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Messages published for this job after its admission's own (requeues, re-sends): with ``attempts``
+    # it counts the duplicates the queue carried.
+    publications: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[Optional[str]] = mapped_column(String(200))
     lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[Optional[str]] = mapped_column(String(200))
@@ -233,3 +246,54 @@ class BudgetEvent(Base):
     total_micros: Mapped[int] = mapped_column(BigInteger)
     job_id: Mapped[Optional[str]] = mapped_column(ForeignKey("jobs.id"))  # the settlement that crossed it, if any
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Preemption(Base):
+    """An attempt that ended because its worker's machine was reclaimed; it cost the job no attempt.
+
+    ``lost_micros`` is what the attempt spent after its last durable checkpoint (all of it for a
+    payload that does not checkpoint): the money the preemption threw away.
+    """
+
+    __tablename__ = "preemptions"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", name="preemption_once_per_attempt"),
+        CheckConstraint("charged_micros >= 0 AND lost_micros >= 0 AND lost_micros <= charged_micros", name="preemption_loss_within_charge"),
+        Index("preemptions_by_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    charged_micros: Mapped[int] = mapped_column(BigInteger)
+    lost_micros: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RejectedMessage(Base):
+    """A queue message a worker acknowledged without running it, and why (malformed, forged, unknown)."""
+
+    __tablename__ = "rejected_messages"
+    __table_args__ = (Index("rejected_by_time", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[Optional[str]] = mapped_column(String(200))
+    task: Mapped[Optional[str]] = mapped_column(String(200))
+    message_id: Mapped[Optional[str]] = mapped_column(String(200))
+    content_type: Mapped[Optional[str]] = mapped_column(String(200))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named role one worker holds at a time until ``expires_at`` (the upkeep leader)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

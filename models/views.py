@@ -52,6 +52,7 @@ class JobView:
     rate_micros_per_hour: Optional[int] = None
     work_steps: Optional[int] = None
     progress: Optional[dict[str, Any]] = None  # the running attempt's last reported step, total, loss and stage
+    preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Claim:
     reserved_micros: int
     lease_until: datetime
     max_attempts: int = 1
+    preemptions: int = 0  # earlier claims that ended in a preemption (they cost no attempt)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,28 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class PreemptionSummary:
+    """What preemptions cost a budget: attempts moved elsewhere, what they charged, what they threw away."""
+
+    budget: str
+    attempts: int
+    charged_micros: int
+    lost_micros: int  # work done after the last durable checkpoint (the whole attempt if none)
+
+
+@dataclass(frozen=True)
+class RejectedView:
+    received_at: datetime
+    worker: str
+    queue: Optional[str]
+    task: Optional[str]
+    message_id: Optional[str]
+    content_type: Optional[str]
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class AuditProblem:
     subject: str
     detail: str
@@ -159,4 +183,5 @@ def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
         error=j.error, created_at=j.created_at, stop_reason=j.stop_reason, started_at=j.started_at, finished_at=j.finished_at, after=after,
         device=j.device, rate_micros_per_hour=j.rate_micros_per_hour, work_steps=j.work_steps,
         progress=dict(j.progress) if j.progress else None,
+        preemptions=j.preemptions,
     )

@@ -136,15 +136,17 @@ def budget_show(name: str, as_json: bool = JSON) -> None:
         jobs = queries.list_jobs(s, budget=name, limit=10_000)
         thresholds = spend.budget_thresholds(s, budget=name)
         events = spend.budget_events(s, budget=name)
+        preempted = queries.preemption_summary(s, budget=name)
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
     if as_json:
         emit_json({**render.budget_json(budget), "jobs": counts, "warn_at": [format_share(p) for p in thresholds],
-                   "events": [render.event_json(e) for e in events]})
+                   "events": [render.event_json(e) for e in events], "preemptions": render.preemption_json(preempted)})
         return
     table(f"budget {name}", render.BUDGET_COLUMNS, [render.budget_row(budget)])
     say("jobs: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+    say(render.preemption_line(preempted))
     say("warns at: " + (", ".join(format_share(p) for p in thresholds) or "nothing (set with `budgetq budget set --warn-at`)"))
     for event in events:
         say(f"event: {render.event_line(event)}")
@@ -349,14 +351,28 @@ def jobs_resume(
 @jobs_app.command("resend")
 def jobs_resend(
     older_than: float = typer.Option(60.0, min=0, max=MAX_SECONDS, help="Seconds since the job was last published."),
+    force: bool = typer.Option(False, "--force", help="Re-publish even jobs whose message is still queued."),
     as_json: bool = JSON,
 ) -> None:
-    """Re-publish queued jobs that no worker has claimed for a while."""
+    """Re-publish ready jobs whose message the broker no longer holds (the workers' upkeep does this too)."""
     from core.queue import resend
 
     _, store = _open()
-    sent = resend(store, older_than_seconds=older_than)
+    sent = resend(store, older_than_seconds=older_than, force=force)
     emit_json({"resent": sent}) if as_json else say(f"re-published {len(sent)} job(s)")
+
+
+@jobs_app.command("rejected")
+def jobs_rejected(limit: int = typer.Option(50, min=1), as_json: bool = JSON) -> None:
+    """Queue messages workers acknowledged without running them (malformed, forged, unknown), newest first."""
+    _, store = _open()
+    with store.session() as s:
+        rows = queries.rejected_messages(s, limit=limit)
+    if as_json:
+        emit_json([r.__dict__ for r in rows])
+    else:
+        table("rejected messages", ["received", "worker", "queue", "task", "bytes", "reason"],
+              [[r.received_at, r.worker, r.queue, r.task, r.bytes, r.reason] for r in rows])
 
 
 @app.command("reap")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.table import Table
 
-from models.views import BudgetEvent, BudgetView, JobView
+from models.views import BudgetEvent, BudgetView, JobView, PreemptionSummary
 from producer.forecast import Forecast, PlanForecast
 from core.money import dollars, format_micros, format_share
 from core.settings import mask_url
@@ -50,6 +50,18 @@ def budget_row(b: BudgetView) -> list[str]:
 
 
 BUDGET_COLUMNS = ["budget", "total", "spent", "reserved", "left"]
+
+
+def preemption_json(p: PreemptionSummary) -> dict[str, Any]:
+    return {"attempts": p.attempts, "charged": dollars(p.charged_micros), "lost": dollars(p.lost_micros),
+            "charged_micros": p.charged_micros, "lost_micros": p.lost_micros}
+
+
+def preemption_line(p: PreemptionSummary) -> str:
+    if not p.attempts:
+        return "preemptions: none"
+    return (f"preemptions: {p.attempts} attempt(s) moved to other workers (no attempt counted), {format_micros(p.charged_micros)}"
+            f" charged, {format_micros(p.lost_micros)} lost to preemption (work since the last checkpoint)")
 
 
 def job_json(j: JobView) -> dict[str, Any]:

@@ -7,6 +7,7 @@ A backend that is not running skips its tests locally, but fails them in CI (``C
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +113,14 @@ class Env:
             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
         )
 
+    def spawn(self, log: Path, *args: str, **env: str) -> subprocess.Popen:
+        """A worker writing its log to ``log`` (readable while it runs), with extra environment."""
+        handle = open(log, "w")
+        return subprocess.Popen(
+            [sys.executable, "-m", "producer", "worker", "--loglevel", "info", *args], env={**self.vars, **env}, cwd=REPO,
+            start_new_session=True, stdout=handle, stderr=subprocess.STDOUT, text=True,
+        )
+
     def burst(self, *args: str, timeout: float = 180) -> str:
         proc = self.worker("--burst", *args)
         try:
@@ -160,3 +169,64 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- private servers for fault tests (started here, stopped by their own PID) ---------------------
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path):
+    from tests.servers import PrivateRedis
+
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", FileNotFoundError("not on PATH"))
+    server = PrivateRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_postgres():
+    from tests.servers import PG_BIN, PrivatePostgres
+
+    if not (PG_BIN / "initdb").exists():
+        unavailable("PostgreSQL's initdb", FileNotFoundError(str(PG_BIN / "initdb")))
+    server = PrivatePostgres().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    try:
+        from tests.servers import S3Server
+
+        server = S3Server().start()
+    except ImportError as exc:
+        unavailable("moto's S3 server (pip install 'moto[server]' s3fs)", exc)
+    yield server
+    server.stop()
+
+
+@dataclass
+class Bucket:
+    url: str
+    env: dict[str, str]
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> Bucket:
+    """A fresh bucket on the test's S3 server; this process and the workers it starts reach it by env."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return Bucket(f"s3://{s3_server.bucket()}", dict(s3_server.env))
+
+
+@pytest.fixture
+def metadata_server():
+    """An IMDSv2- and GCP-shaped metadata server on 127.0.0.1 (tests never touch the real address)."""
+    from tests.servers import MetadataServer
+
+    server = MetadataServer().start()
+    yield server
+    server.stop()

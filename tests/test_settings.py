@@ -30,6 +30,8 @@ def test_values_are_parsed_into_their_types():
     ("DATABASE_URL", "mysql://u:p@h/db"), ("DATABASE_URL", "ledger.db"), ("DATABASE_URL", "postgresql://u:p@ss@h/db"),
     ("BROKER_URL", "garbage"), ("BROKER_URL", "redis://h:port/0"), ("BROKER_URL", "redis://h:6379/0?password=x"), ("BROKER_URL", "redis://h/zero"), ("BROKER_URL", "memory://"),
     ("WORKER_NAME", "two words"), ("WORKER_NAME", "w" * 101), ("WORKER_INSTANCE_TYPE", "x" * 101),
+    ("PREEMPTION_NOTICE_KIND", "azure"), ("PREEMPTION_NOTICE_URL", "169.254.169.254"), ("PREEMPTION_POLL_SECONDS", "0"),
+    ("ARTIFACT_DIR", "s3:// bucket"), ("CHECKPOINT_DIR", "gs://bucket with spaces"), ("STORAGE_OPTIONS", "[1, 2]"),
 ])
 def test_a_malformed_variable_is_one_config_error_naming_it(name, value):
     with pytest.raises(ConfigError) as raised:
@@ -107,3 +109,10 @@ def test_log_records_are_masked_message_and_traceback():
     finally:
         logger.removeHandler(handler)
     assert records and all("sekrit" not in r and "hunter2" not in r for r in records)
+def test_artifact_and_checkpoint_locations_take_object_store_urls_and_keep_a_local_cache(tmp_path):
+    settings = load_settings({"BUDGETQ_HOME": str(tmp_path), "ARTIFACT_DIR": "s3://models/team/", "CHECKPOINT_DIR": "file:///mnt/ckpt",
+                              "STORAGE_OPTIONS": '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}'})
+    assert settings.artifact_url == "s3://models/team" and settings.checkpoint_url == "file:///mnt/ckpt"
+    assert settings.artifact_dir == tmp_path / "artifacts" and settings.checkpoint_dir == tmp_path / "checkpoints"
+    assert settings.storage_options == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert not settings.preemption_notice_url and settings.preemption_poll_seconds == 5.0  # nothing is polled by default

@@ -26,6 +26,18 @@ def test_preemptions_cost_no_attempt():
     assert next_status(Stop(StopReason.LOST), attempts=3, max_attempts=3, preemptions=2) is JobStatus.REQUEUED
 
 
+@pytest.mark.parametrize("stop, attempts, preemptions, expected", [
+    (Stop(StopReason.PREEMPTION), 7, 6, JobStatus.REQUEUED),  # however often: a preemption always moves the job
+    (Stop(StopReason.ERROR, "flaky", retryable=True), 4, 2, JobStatus.REQUEUED),  # 2 of 3 attempts used
+    (Stop(StopReason.ERROR, "flaky", retryable=True), 5, 2, JobStatus.FAILED),  # 3 of 3
+    (Stop(StopReason.LOST), 4, 1, JobStatus.FAILED),
+    (Stop(StopReason.CANCEL), 4, 3, JobStatus.CANCELLED),
+    (Stop(StopReason.BUDGET), 2, 1, JobStatus.BUDGET_STOPPED),
+])
+def test_only_attempts_that_were_not_preempted_count_against_max_attempts(stop, attempts, preemptions, expected):
+    assert next_status(stop, attempts=attempts, max_attempts=3, preemptions=preemptions) is expected
+
+
 def test_a_cancel_is_described_as_a_cancel_not_as_a_spent_reservation():
     assert describe(Stop(StopReason.CANCEL)) == "cancelled by user"
     assert "reservation" in describe(Stop(StopReason.BUDGET))

@@ -5,6 +5,7 @@ import os
 import signal
 import textwrap
 import time
+from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -57,7 +58,7 @@ def test_a_job_runs_end_to_end_and_settles_with_its_metrics(request, backend):
 def test_a_duplicate_delivery_runs_the_job_once(distributed):
     distributed.ok("budget", "create", "b", "--total", "1.00")
     job_id = submit(distributed, "--estimate", "0.05", "--param", "seconds=1")
-    distributed.ok("jobs", "resend", "--older-than", "0")  # the same message, a second time
+    distributed.ok("jobs", "resend", "--older-than", "0", "--force")  # the same message, a second time
     log = distributed.burst()
     done = job(distributed, job_id)
     assert done["status"] == "succeeded" and done["attempts"] == 1
@@ -97,8 +98,12 @@ def test_a_killed_workers_job_is_charged_to_its_last_heartbeat_requeued_and_reru
     last_beat = metered()
 
     wait_for(lambda: job(embedded, job_id)["lease_until"] < ledger.utcnow().isoformat(), timeout=10, what="the lease to expire")
+    dead = job(embedded, job_id)
     reaped = json.loads(embedded.ok("reap", "--json").stdout)
-    assert [(r["job_id"], r["status"], r["charge_micros"]) for r in reaped["reaped"]] == [(job_id, "requeued", last_beat)]
+    assert [(r["job_id"], r["status"]) for r in reaped["reaped"]] == [(job_id, "requeued")]
+    # Charged to its last sign of life: at least its last heartbeat, at most its lease, at $3.60/h (1000 micros/s).
+    lease_s = (datetime.fromisoformat(dead["lease_until"]) - datetime.fromisoformat(dead["started_at"])).total_seconds()
+    assert last_beat <= reaped["reaped"][0]["charge_micros"] <= 1000 * lease_s + 1
     assert job_id in reaped["resent"]
 
     embedded.burst()

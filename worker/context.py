@@ -39,7 +39,8 @@ class PriorResult:
     status: str
     params: dict[str, Any]
     metrics: tuple[MetricRow, ...] = ()
-    artifacts: dict[str, str] = field(default_factory=dict)  # name -> local path
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> where it is stored (a path or a URL)
+    sha256: dict[str, str] = field(default_factory=dict)  # name -> its sha256, checked when it is fetched
 
     def metric(self, name: str, slice: Optional[str] = None) -> Optional[float]:
         """The last value logged under ``name`` (and ``slice``), or None."""
@@ -69,14 +70,22 @@ class JobContext(Protocol):
         """Record a warning on the job (a skipped step, a carved split); ``results`` and the report show it."""
 
     def save_artifact(self, name: str, path: Path) -> str:
-        """Copy a file or folder into the artifact store; return its stored path."""
+        """Copy a file or folder into the artifact store; return where it is stored. Weights must be safetensors."""
+
+    def fetch_artifact(self, prior: PriorResult, name: str) -> Path:
+        """A local path holding ``prior``'s artifact ``name`` (downloaded if need be), its sha256 checked."""
+
+    def checkpoint_saved(self, path: Path) -> None:
+        """Call after saving a checkpoint folder under ``checkpoint_dir``: it is made durable (uploaded
+        to the shared store, if any), and later work is what a preemption would lose."""
 
     def progress(self, *, step: int, total: int, loss: Optional[float] = None, stage: str = "") -> None:
         """Say how far the job is (a training loop calls it every step): the heartbeat carries the last
         report to the ledger for the live display, and off a terminal the worker logs it now and then."""
 
     def should_stop(self) -> bool:
-        """True once the reservation is spent, the job is cancelled, or its lease is lost. Check between steps."""
+        """True once the reservation is spent, the job is cancelled, its machine is being reclaimed
+        (checkpoint now), or its lease is lost. Check between steps."""
 
     def cost_micros(self) -> int:
         """What this attempt has cost so far, in micro-dollars."""

@@ -3,39 +3,50 @@
 The cross-cutting pieces each sit in one small class: ``CostMeter`` (what the attempt has cost),
 ``Heartbeat`` (tells the ledger, extends the lease, hears "stop"), and ``WorkerContext`` (what the
 payload sees; it buffers results so they are written with the settlement, in one transaction).
+
+A fleet of spot machines loses things in ordinary ways, and each has its answer here: the database
+going away (the claim waits for it, heartbeats skip a beat, a finished result is spooled to local
+disk and settled later, never run again), a preemption notice (``worker.preemption``: the payload
+checkpoints, the attempt is settled as preempted and requeued at once), and machines that share no
+disk (``worker.storage``: checkpoints and artifacts in object storage).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import shutil
+import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 import specs
-from core.errors import BudgetStop, ClaimRefused, LeaseLost, PermanentError, RetryableError
+from core.errors import BackendUnavailable, BudgetStop, ClaimRefused, LeaseLost, PermanentError, RetryableError
 from core.money import format_micros
 from core.queue import publish_after_commit
 from core.settings import Settings, current_settings
-from core.status import Stop, StopReason, describe, next_status
+from core.status import JobStatus, Stop, StopReason, describe, next_status
 from models import ledger, queries, spend, views
 from models.db import Ledger
-from models.views import Claim, Usage
+from models.views import Claim, Closed, Usage
+from worker import preemption
 from worker.context import FailureRow, MetricRow, PriorResult
 from worker.initiatives import load_payload
+from worker.spool import Settlement, Spool
+from worker.storage import Checkpoints, Store, fetch_artifact, store_artifact
 from worker.usage import loaded_device, work_steps
 
 log = logging.getLogger("budgetq.worker")
 # A job's story in the worker log: started, progress now and then, and its real outcome. The worker
 # keeps this logger at INFO whatever Celery's level, so these lines show in every log.
 jobs_log = logging.getLogger("budgetq.jobs")
+T = TypeVar("T")
 
 
 class CostMeter:
@@ -64,26 +75,38 @@ class Heartbeat(threading.Thread):
         self.progress: Optional[dict[str, Any]] = None  # the payload's last report; replaced whole, never mutated
         self.stop_reason: Optional[StopReason] = None
         self.stopped = threading.Event()
+        # Metered cost when the payload last saved a durable checkpoint (set by the context).
+        self.checkpoint_micros = 0
         self._done = threading.Event()
+        self._failing_since: Optional[float] = None
 
     def run(self) -> None:
         while not self._done.wait(self.settings.heartbeat_seconds):
             self.beat()
 
     def beat(self) -> None:
+        if preemption.noticed():
+            self.stop(StopReason.PREEMPTION)
         try:
             with self.store.session() as s:
                 beat = ledger.heartbeat(
                     s, job_id=self.claim.job_id, attempt=self.claim.attempt, worker=self.settings.worker_name,
                     metered_micros=self.meter.cost_micros(), lease_seconds=self.settings.lease_seconds,
                     progress=self.progress,
+                    checkpoint_micros=self.checkpoint_micros,
                 )
         except LeaseLost:
             self.stop(StopReason.LOST)
             return
-        except Exception:  # a DB blip must not kill the job; the lease has slack for a missed beat
-            log.exception("heartbeat for job %s failed", self.claim.job_id)
+        except Exception as exc:  # noqa: BLE001 - a DB outage must not kill the job; it beats again once it is back
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning("heartbeat for job %s failed; the job runs on and beats again when the database answers: %s",
+                            self.claim.job_id, exc)
             return
+        if self._failing_since is not None:
+            log.warning("heartbeat for job %s is back after %.1fs", self.claim.job_id, time.monotonic() - self._failing_since)
+            self._failing_since = None
         if beat.stop is not None:
             self.stop(beat.stop)
 
@@ -97,21 +120,25 @@ class Heartbeat(threading.Thread):
 
 
 class WorkerContext:
-    """The ``JobContext`` a payload runs with, backed by the ledger."""
+    """The ``JobContext`` a payload runs with, backed by the ledger and the artifact/checkpoint stores."""
 
-    def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter, heartbeat: Heartbeat) -> None:
+    def __init__(self, *, store: Ledger, settings: Settings, claim: Claim, meter: CostMeter, heartbeat: Heartbeat,
+                 checkpoints: Checkpoints, artifact_store: Store) -> None:
         self.store, self.settings, self.claim, self.meter, self.heartbeat = store, settings, claim, meter, heartbeat
+        self.checkpoints, self.artifact_store = checkpoints, artifact_store
         self.job_id, self.attempt, self.initiative = claim.job_id, claim.attempt, claim.initiative
         self.metrics: list[MetricRow] = []
         self.failures: list[FailureRow] = []
         self.artifacts: list[views.ArtifactRow] = []
         self.warnings: list[str] = []
         self.progress_log = ProgressLog(claim, every_seconds=settings.progress_log_seconds)
+        self.checkpointed = False  # a durable checkpoint was saved in this attempt
+        self.stop_seen = False  # should_stop() answered True to the payload
 
     # The folders are made when a payload first asks for them: most jobs never do.
     @property
     def checkpoint_dir(self) -> Path:
-        return _made(self.settings.checkpoint_dir / self.job_id)
+        return _made(self.checkpoints.local)
 
     @property
     def work_path(self) -> Path:
@@ -138,14 +165,28 @@ class WorkerContext:
         self.progress_log.report(report, cost_micros=self.cost_micros())
 
     def save_artifact(self, name: str, path: Path) -> str:
-        dest = self.settings.artifact_dir / self.job_id / str(self.attempt) / name
-        if dest.exists():
-            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(path, dest) if Path(path).is_dir() else shutil.copy2(path, dest)
-        digest, size = _digest(dest)
-        self.artifacts.append(views.ArtifactRow(name=name, uri=str(dest), sha256=digest, bytes=size))
-        return str(dest)
+        uri, sha, size = store_artifact(self.artifact_store, Path(path), job_id=self.job_id, attempt=self.attempt, name=name)
+        self.artifacts.append(views.ArtifactRow(name=name, uri=uri, sha256=sha, bytes=size))
+        return uri
+
+    def fetch_artifact(self, prior: PriorResult, name: str) -> Path:
+        """A local path to ``prior``'s artifact ``name``, downloaded if need be, its sha256 checked."""
+        if name not in prior.artifacts:
+            from core.errors import PermanentError
+
+            raise PermanentError(f"job {prior.job_id} ({prior.initiative}) stored no {name!r} artifact")
+        return fetch_artifact(prior.artifacts[name], prior.sha256.get(name), cache=self.settings.home / "cache" / "artifacts",
+                              options=self.settings.storage_options)
+
+    def checkpoint_saved(self, path: Path) -> None:
+        """The payload saved a checkpoint folder under ``checkpoint_dir``: make it durable, note its cost."""
+        try:
+            self.checkpoints.upload(Path(path))
+        except Exception as exc:  # noqa: BLE001 - training goes on; the checkpoint just is not durable
+            self.warn(f"checkpoint {Path(path).name} could not be uploaded ({type(exc).__name__}: {exc})")
+            return
+        self.checkpointed = True
+        self.heartbeat.checkpoint_micros = self.cost_micros()
 
     def cost_micros(self) -> int:
         return min(self.meter.cost_micros(), self.claim.reserved_micros)
@@ -156,19 +197,46 @@ class WorkerContext:
     def should_stop(self) -> bool:
         if self.meter.cost_micros() >= self.claim.reserved_micros:
             self.heartbeat.stop(StopReason.BUDGET)
-        return self.heartbeat.stopped.is_set()
+        if preemption.noticed():
+            self.heartbeat.stop(StopReason.PREEMPTION)
+        stopped = self.heartbeat.stopped.is_set()
+        self.stop_seen = self.stop_seen or stopped
+        return stopped
+
+    def lost_micros(self, charged: int) -> int:
+        """What a preemption now would throw away: the work since the last durable checkpoint."""
+        return charged - min(self.heartbeat.checkpoint_micros, charged) if self.checkpointed else charged
 
     def prior(self, job_id: str) -> PriorResult:
-        with self.store.session() as s:
-            mine, other = queries.get_job(s, job_id=self.job_id), queries.get_job(s, job_id=job_id)
-            if other.budget != mine.budget:
-                raise PermanentError(f"job {job_id} belongs to budget {other.budget!r}, not {mine.budget!r}")
-            return _prior(s, other)
+        def read() -> PriorResult:
+            with self.store.session() as s:
+                mine, other = queries.get_job(s, job_id=self.job_id), queries.get_job(s, job_id=job_id)
+                if other.budget != mine.budget:
+                    raise PermanentError(f"job {job_id} belongs to budget {other.budget!r}, not {mine.budget!r}")
+                return _prior(s, other)
+
+        return _when_reachable(read, self.should_stop)
 
     def dependencies(self) -> list[PriorResult]:
-        with self.store.session() as s:
-            job = queries.get_job(s, job_id=self.job_id)
-            return [_prior(s, queries.get_job(s, job_id=dep)) for dep in job.after]
+        def read() -> list[PriorResult]:
+            with self.store.session() as s:
+                job = queries.get_job(s, job_id=self.job_id)
+                return [_prior(s, queries.get_job(s, job_id=dep)) for dep in job.after]
+
+        return _when_reachable(read, self.should_stop)
+
+
+def _when_reachable(read: Callable[[], T], should_stop: Callable[[], bool]) -> T:
+    """Run a ledger read, waiting out a database outage (capped backoff) unless the job is told to stop."""
+    delay = 0.5
+    while True:
+        try:
+            return read()
+        except BackendUnavailable:
+            if should_stop():
+                raise BudgetStop("stopped while waiting for the database") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class ProgressLog:
@@ -206,20 +274,8 @@ def _prior(s, job: views.JobView) -> PriorResult:
         job_id=job.id, initiative=job.initiative, status=job.status, params=job.params,
         metrics=tuple(MetricRow(m.name, m.value, m.slice, m.step) for m in metrics),
         artifacts={a.name: a.uri for a in artifacts},
+        sha256={a.name: a.sha256 for a in artifacts},
     )
-
-
-def _digest(path: Path) -> tuple[str, int]:
-    """sha256 of a file, or of a folder's sorted relative paths and contents; and the byte count."""
-    sha, size = hashlib.sha256(), 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        sha.update(str(file.relative_to(path)).encode() if file != path else b"")
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(chunk)
-                size += len(chunk)
-    return sha.hexdigest(), size
 
 
 class Runtime:
@@ -228,44 +284,106 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Ledger(settings.database_url)
+        self.spool = Spool(settings.spool_dir)
         self.pid = os.getpid()
         self._device: Optional[str] = None  # learned from the first job that loads torch
-        self._device_recorded = False
+        self._stores: dict[str, Store] = {}
 
-    def time_limits(self, job_id: str, reserved: Optional[int] = None) -> tuple[Optional[float], Optional[float]]:
-        """Hard and soft limits from what is still reserved, at this worker's price.
+    def storage(self, which: str) -> Store:
+        """The artifact or checkpoint store (built on first use: the main process rarely needs one)."""
+        if which not in self._stores:
+            location, variable = ((self.settings.artifact_url, "ARTIFACT_DIR") if which == "artifacts"
+                                  else (self.settings.checkpoint_url, "CHECKPOINT_DIR"))
+            self._stores[which] = Store(location, self.settings.storage_options, variable=variable)
+        return self._stores[which]
+
+    def limits_for(self, reserved: int) -> tuple[Optional[float], Optional[float]]:
+        """Hard and soft limits for a reservation at this worker's price (None, None when free).
 
         The heartbeat stops a job cooperatively when its reservation is spent; the soft limit
         interrupts a payload that ignores ``should_stop()``; the hard limit kills its process.
         """
-        if reserved is None:
-            with self.store.session() as s:
-                reserved = queries.get_job(s, job_id=job_id).reserved_micros
         seconds = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency).seconds_for(reserved)
         if seconds is None:
             return None, None
         soft = seconds + max(2.0, 2 * self.settings.heartbeat_seconds)
         return soft + 10.0, soft
 
+    def time_limits(self, job_id: str) -> tuple[Optional[float], Optional[float]]:
+        """The limits for a job, from what the ledger still reserves for it (never from the message)."""
+
+        def read() -> tuple[Optional[float], Optional[float]]:
+            with self.store.session() as s:
+                return self.limits_for(queries.get_job(s, job_id=job_id).reserved_micros)
+
+        try:
+            return read()
+        except BackendUnavailable:
+            return read()  # after a database restart a pooled connection may be dead; the pool starts afresh
+
     def execute(self, job_id: str) -> str:
         """Claim, run and settle one job. Returns the status it settled with."""
-        try:
-            with self.store.session() as s:
-                claim = ledger.claim_job(s, job_id=job_id, worker=self.settings.worker_name, lease_seconds=self.settings.lease_seconds)
-        except ClaimRefused as refused:
-            log.info("not running %s: %s", job_id, refused)
-            return "refused"
+        preemption.listen()
+        if preemption.noticed():
+            return self._hand_back(job_id)
+        claim = self._claim(job_id)
+        if claim is None:
+            return "handed back" if preemption.noticed() else "refused"
         jobs_log.info("job %s (%s) attempt %d/%d started; it may spend %s", claim.job_id, claim.initiative, claim.attempt,
                       claim.max_attempts, format_micros(claim.reserved_micros))
         meter = CostMeter(price_micros_per_hour=self.settings.price_micros_per_hour, slots=self.settings.concurrency)
         beat = Heartbeat(store=self.store, settings=self.settings, claim=claim, meter=meter)
-        ctx = WorkerContext(store=self.store, settings=self.settings, claim=claim, meter=meter, heartbeat=beat)
+        checkpoints = Checkpoints(self.storage("checkpoints"), claim.job_id, self.settings.checkpoint_dir / claim.job_id)
+        ctx = WorkerContext(store=self.store, settings=self.settings, claim=claim, meter=meter, heartbeat=beat,
+                            checkpoints=checkpoints, artifact_store=self.storage("artifacts"))
         beat.start()
         try:
-            stop = self._run_payload(claim, ctx)
+            with _soft_time_limit(self.limits_for(claim.reserved_micros)[1]):
+                stop = self._restore(ctx) or self._run_payload(claim, ctx)
         finally:
             beat.close()
         return self._settle(claim, ctx, stop)
+
+    def _claim(self, job_id: str) -> Optional[Claim]:
+        """Claim the job, waiting out a database outage; None if refused (or preempted while waiting)."""
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                with self.store.session() as s:
+                    return ledger.claim_job(s, job_id=job_id, worker=self.settings.worker_name, lease_seconds=self.settings.lease_seconds)
+            except ClaimRefused as refused:
+                log.info("not running %s: %s", job_id, refused)
+                return None
+            except BackendUnavailable as exc:
+                if preemption.noticed():
+                    self._hand_back(job_id)
+                    return None
+                if waited == 0:
+                    log.warning("claim of job %s waits for the database: %s", job_id, exc)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 10.0)
+
+    def _hand_back(self, job_id: str) -> str:
+        """Preempted before claiming: publish the job again (its message was taken) for another worker."""
+        try:
+            with self.store.session() as s:
+                ready = ledger.ready_to_publish(s, job_ids=[job_id])
+            if ready:
+                publish_after_commit(self.store, ready)
+        except BackendUnavailable as exc:  # the upkeep leader re-sends it once the backends are back
+            log.warning("could not hand job %s back: %s", job_id, exc)
+        return "handed back"
+
+    def _restore(self, ctx: WorkerContext) -> Optional[Stop]:
+        """Fill the local checkpoint cache from the shared store; a store that fails is worth a retry."""
+        try:
+            fetched = ctx.checkpoints.restore()
+        except Exception as exc:  # noqa: BLE001 - starting over would waste what the checkpoint saved
+            return Stop(StopReason.ERROR, f"could not fetch checkpoints ({type(exc).__name__}: {_one_line(exc)})", retryable=True)
+        if fetched:
+            log.info("job %s resumes from %s", ctx.job_id, ", ".join(fetched))
+        return None
 
     def _run_payload(self, claim: Claim, ctx: WorkerContext) -> Optional[Stop]:
         """Run the payload; return why it stopped early (None: it finished)."""
@@ -273,7 +391,7 @@ class Runtime:
             spec = specs.get(claim.initiative, self.settings.extra_initiatives)
             load_payload(spec).run(specs.parse_params(claim.initiative, claim.params, self.settings.extra_initiatives), ctx)
         except BudgetStop as stop:
-            # The payload stopped because it was told to: the heartbeat knows why (budget, cancel, ...).
+            # The payload stopped because it was told to: the heartbeat knows why (budget, cancel, preemption...).
             return Stop(ctx.heartbeat.stop_reason or StopReason.BUDGET, _one_line(stop))
         except SoftTimeLimitExceeded:
             return Stop(StopReason.TIME_LIMIT)
@@ -286,29 +404,40 @@ class Runtime:
             return Stop(StopReason.ERROR, f"{type(exc).__name__}: {_one_line(exc)}")
         reason = ctx.heartbeat.stop_reason
         # Told to stop but finished anyway: a cancel still cancels; a spent reservation still stops it.
-        return Stop(reason) if reason in (StopReason.CANCEL, StopReason.BUDGET) else None
+        if reason in (StopReason.CANCEL, StopReason.BUDGET):
+            return Stop(reason)
+        # A payload that heard "preempted" and returned early (calibrate cuts its timing short) did not finish.
+        if reason is StopReason.PREEMPTION and ctx.stop_seen:
+            return Stop(reason, "the payload returned early")
+        return None
 
     def _settle(self, claim: Claim, ctx: WorkerContext, stop: Optional[Stop]) -> str:
-        status = next_status(stop, attempts=claim.attempt, max_attempts=claim.max_attempts)
-        usage = self._usage(ctx)
-        try:
-            with self.store.session() as s:
-                closed = ledger.settle_job(
-                    s, job_id=claim.job_id, attempt=claim.attempt, worker=self.settings.worker_name, status=status,
-                    cost_micros=ctx.meter.cost_micros(), stop=stop, metrics=ctx.metrics, artifacts=ctx.artifacts,
-                    failures=ctx.failures, notes=ctx.warnings, usage=usage,
-                )
-                if self._device and not self._device_recorded:  # once per process, with a settlement
-                    spend.set_worker_device(s, name=self.settings.worker_name, device=self._device)
-                # What to publish next: the job itself if requeued, or the dependents it unblocked.
-                if closed.status == "requeued":
-                    ready = ledger.ready_to_publish(s, job_ids=[claim.job_id])
-                else:
-                    ready = ledger.ready_to_publish(s, after_job=claim.job_id) if closed.status == "succeeded" else []
-        except LeaseLost as lost:
-            log.warning("%s", lost)
-            return "lease_lost"
-        self._device_recorded = self._device is not None
+        cost = ctx.meter.cost_micros()
+        if stop is not None and stop.reason is StopReason.PREEMPTION and cost >= claim.reserved_micros:
+            stop = Stop(StopReason.BUDGET, "the reservation was spent when the preemption came")
+        status = next_status(stop, attempts=claim.attempt, max_attempts=claim.max_attempts, preemptions=claim.preemptions)
+        settlement = Settlement(
+            job_id=claim.job_id, attempt=claim.attempt, worker=self.settings.worker_name, initiative=claim.initiative,
+            status=status, cost_micros=cost, stop=stop,
+            # The money a preemption loses is what was spent after the last durable checkpoint.
+            checkpoint_micros=min(cost, claim.reserved_micros) - ctx.lost_micros(min(cost, claim.reserved_micros)),
+            metrics=ctx.metrics, artifacts=ctx.artifacts, failures=ctx.failures, notes=ctx.warnings,
+            usage=self._usage(ctx),
+        )
+        for delay in (0.5, 1.0, 2.0, None):
+            try:
+                closed = settle_and_publish(self.store, settlement)
+                break
+            except LeaseLost as lost:
+                log.warning("job %s attempt %s finished as %s but is no longer ours: %s", claim.job_id, claim.attempt, status.value, lost)
+                return "lease_lost"
+            except BackendUnavailable as exc:
+                if delay is None:
+                    path = self.spool.put(settlement)
+                    log.warning("job %s attempt %s finished (%s) while the database is unreachable (%s); spooled to %s,"
+                                " settled once it is back", claim.job_id, claim.attempt, status.value, exc, path)
+                    return "spooled"
+                time.sleep(delay)
         # The job's last line states its real outcome (Celery's own "Task ... succeeded" line is
         # silenced: the task returns normally even when the job failed).
         jobs_log.log(
@@ -316,10 +445,7 @@ class Runtime:
             "job %s (%s) attempt %d/%d ended %s%s; charged %s of %s", claim.job_id, claim.initiative, claim.attempt,
             claim.max_attempts, closed.status, _why(stop), format_micros(closed.charge_micros), format_micros(claim.reserved_micros),
         )
-        log_crossings(closed)
         shutil.rmtree(ctx.work_path, ignore_errors=True)
-        if ready:
-            publish_after_commit(self.store, ready)
         return closed.status
 
     def _usage(self, ctx: WorkerContext) -> Usage:
@@ -340,6 +466,58 @@ def _why(stop: Optional[Stop]) -> str:
     if stop is None:
         return ""
     return f" ({stop.detail or 'error'})" if stop.reason == StopReason.ERROR else f" ({describe(stop)})"
+
+
+_recorded_device: dict[str, str] = {}
+
+
+def settle_and_publish(store: Ledger, settlement: Settlement) -> Closed:
+    """Settle one attempt and, after the commit, publish what it makes ready (the job itself if
+    requeued, or the dependents it unblocked). Used by the pool process and by the spool flush."""
+    with store.session() as s:
+        closed = ledger.settle_job(
+            s, job_id=settlement.job_id, attempt=settlement.attempt, worker=settlement.worker, status=settlement.status,
+            cost_micros=settlement.cost_micros, stop=settlement.stop, metrics=settlement.metrics,
+            artifacts=settlement.artifacts, failures=settlement.failures, notes=settlement.notes,
+            checkpoint_micros=settlement.checkpoint_micros, usage=settlement.usage,
+        )
+        if settlement.usage is not None and settlement.usage.device != _recorded_device.get(settlement.worker):
+            spend.set_worker_device(s, name=settlement.worker, device=settlement.usage.device)
+            _recorded_device[settlement.worker] = settlement.usage.device  # once per process and device
+        if closed.status == JobStatus.REQUEUED:
+            ready = ledger.ready_to_publish(s, job_ids=[settlement.job_id])
+        else:
+            ready = ledger.ready_to_publish(s, after_job=settlement.job_id) if closed.status == JobStatus.SUCCEEDED else []
+    log_crossings(closed)
+    if ready:
+        try:
+            publish_after_commit(store, ready)
+        except BackendUnavailable as exc:  # settled all the same; the upkeep leader re-sends missing messages
+            log.warning("settled job %s but could not publish %s: %s", settlement.job_id, [r.id for r in ready], exc)
+    return closed
+
+
+@contextmanager
+def _soft_time_limit(seconds: Optional[float]) -> Iterator[None]:
+    """The soft time limit again, inside the pool process, a second after Celery's own.
+
+    Celery's limits are set by the main process when it hands the message over; if it could not
+    read the reservation then (the database was down), this one, from the claim, still holds.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(_signum, _frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds + 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _one_line(exc: BaseException) -> str:

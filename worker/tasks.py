@@ -15,8 +15,9 @@ log = logging.getLogger("budgetq.worker")
 class BudgetedRequest(Request):
     """A request whose Celery time limits come from the job's reservation at this worker's price.
 
-    The worker's main process reads them when it hands the message to a pool process, so the
-    hard limit holds even for a payload stuck in native code.
+    The worker's main process reads them from the ledger when it hands the message to a pool
+    process, so the hard limit holds even for a payload stuck in native code. Nothing in the
+    message decides them: a forged ``timelimit`` (or any other header) changes nothing.
     """
 
     _limits: tuple | None = None
@@ -25,21 +26,18 @@ class BudgetedRequest(Request):
     def time_limits(self):
         if self._limits is None:
             try:
-                reserved = self._request_dict.get("budgetq_reserved_micros")
-                self._limits = runtime().time_limits(self.args[0], reserved)
-            except Exception:  # noqa: BLE001 - an unknown job is refused by its claim, not here
-                log.warning("no time limit for %s", self.args, exc_info=True)
+                self._limits = runtime().time_limits(self.args[0])
+            except Exception as exc:  # noqa: BLE001 - an unknown job is refused by its claim; a DB outage by its wait
+                log.warning("no Celery time limit for %s (%s); the pool process sets the soft limit from its claim", self.args, exc)
                 self._limits = (None, None)
         return self._limits
 
     @time_limits.setter
     def time_limits(self, value) -> None:
-        # Every message carries a `timelimit` header, [None, None] unless the sender set one;
-        # only a real limit from the sender overrides the one derived from the reservation.
-        if value and any(limit is not None for limit in value):
-            self._limits = tuple(value)
+        # Celery sets this from the message's `timelimit` header: ignored, the ledger decides.
+        pass
 
 
-@default_app().task(name=RUN_JOB, Request=BudgetedRequest, acks_late=True, ignore_result=True)
+@default_app().task(name=RUN_JOB, Request=BudgetedRequest, ignore_result=True)
 def run_job(job_id: str) -> str:
     return runtime().execute(job_id)

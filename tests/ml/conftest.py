@@ -20,6 +20,7 @@ import specs
 from core.errors import PermanentError
 from worker.initiatives import load_payload
 from worker.context import FailureRow, MetricRow, PriorResult
+from worker.storage import digest, fetch_artifact
 
 CLINC150_DIR = Path(os.environ.get("CLINC150_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150")
 # Three domains, ten intents: enough slices to rank, small enough to train in seconds.
@@ -49,6 +50,7 @@ class InProcessContext:
         self.failures: list[FailureRow] = []
         self.warnings: list[str] = []
         self.artifacts: dict[str, str] = {}
+        self.sha256: dict[str, str] = {}
         self.history = history
         self.stop_after_steps, self.stop_checks = stop_after_steps, 0
         self.reports: list[dict[str, Any]] = []
@@ -70,10 +72,14 @@ class InProcessContext:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         self.artifacts[name] = str(target)
+        self.sha256[name] = digest(target)[0]
         return str(target)
 
     def progress(self, *, step: int, total: int, loss: Optional[float] = None, stage: str = "") -> None:
         self.reports.append({"step": step, "total": total, "loss": loss, "stage": stage})
+    def fetch_artifact(self, prior: PriorResult, name: str) -> Path:
+        # The worker's own check: the artifact's sha256 against the one recorded when it was saved.
+        return fetch_artifact(prior.artifacts[name], prior.sha256.get(name), cache=self.work_dir / "cache")
 
     def should_stop(self) -> bool:
         # The training loop asks once per step: the budget is a number of steps.
@@ -97,7 +103,8 @@ class InProcessContext:
 
     def settle(self) -> PriorResult:
         """Record this job as succeeded, as the ledger would, and return what later jobs will read."""
-        result = PriorResult(self.job_id, self.initiative, "succeeded", self.params, tuple(self.metrics), dict(self.artifacts))
+        result = PriorResult(self.job_id, self.initiative, "succeeded", self.params, tuple(self.metrics), dict(self.artifacts),
+                             dict(self.sha256))
         self.history.append(result)
         return result
 

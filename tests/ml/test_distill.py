@@ -75,7 +75,7 @@ def test_the_student_loads_and_evaluates_through_the_baseline_load_path(distille
     from worker.ml.evaluate import classification_rows, infer
     from worker.ml.lineage import load_model
 
-    model, tokenizer, _, dataset = load_model(distilled.history[-1])
+    model, tokenizer, _, dataset = load_model(distilled.history[-1], distilled)
     assert model.config.num_hidden_layers == 1
     assert model.config.vocab_size == len(tokenizer) < 400  # pruned to the pieces the corpus uses
     predicted = infer(model, tokenizer, dataset.test.texts).predictions()

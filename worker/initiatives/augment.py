@@ -25,14 +25,12 @@ from specs.augment import Params
 
 
 def run(params: Params, ctx) -> None:
-    from pathlib import Path
-
     from worker.ml.data import note_val_carved
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
     from worker.ml.modeling import load_saved
 
     source = model_source(ctx, params.model_job)
-    model, tokenizer, spec, dataset = load_model(source)
+    model, tokenizer, spec, dataset = load_model(source, ctx)
     note_val_carved(ctx, dataset)
     targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
     extra = generate(ctx, params, dataset.train, targets, tokenizer)
@@ -42,7 +40,7 @@ def run(params: Params, ctx) -> None:
     for arm, train_set in arms.items():
         if train_set is not None:
             # Each arm starts from the stored model afresh; only its training data differs.
-            model, tokenizer, _ = load_saved(Path(source.artifacts[MODEL_ARTIFACT]))
+            model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
             _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm)
         predicted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
     ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))

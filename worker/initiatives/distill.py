@@ -25,8 +25,6 @@ from specs.distill import Params
 
 
 def run(params: Params, ctx) -> None:
-    from pathlib import Path
-
     from core.errors import PermanentError
     from worker.ml.data import note_val_carved
     from worker.ml.distill import build_student, stratified_sample
@@ -35,13 +33,13 @@ def run(params: Params, ctx) -> None:
     from worker.ml.train import config_from, seed_everything, train
 
     source = model_source(ctx, params.model_job)
-    teacher, teacher_tokenizer, spec, dataset = load_model(source)
+    teacher, teacher_tokenizer, spec, dataset = load_model(source, ctx)
     note_val_carved(ctx, dataset)
     if params.layers >= teacher.config.num_hidden_layers:
         raise PermanentError(f"layers={params.layers}: the teacher has only {teacher.config.num_hidden_layers}")
     # The teacher first: its report is worth keeping even when the budget stops the student's training.
     teacher_test = infer(teacher, teacher_tokenizer, dataset.test.texts, max_length=params.max_length)
-    teacher_rows = _evaluate(teacher, teacher_tokenizer, dataset, Path(source.artifacts[MODEL_ARTIFACT]), params, teacher_test)
+    teacher_rows = _evaluate(teacher, teacher_tokenizer, dataset, ctx.fetch_artifact(source, MODEL_ARTIFACT), params, teacher_test)
     log_rows(ctx, teacher_rows, prefix="teacher.")
     sample = stratified_sample(dataset.train, params.sample_fraction, params.seed)
     ctx.log_metric("distill.train_rows", len(sample))

@@ -24,7 +24,7 @@ def run(params: Params, ctx) -> None:
     from worker.ml.textops import WordNetUnavailable
 
     source = model_source(ctx, params.model_job)
-    model, tokenizer, _, dataset = load_model(source)
+    model, tokenizer, _, dataset = load_model(source, ctx)
     note_val_carved(ctx, dataset)  # its out-of-scope thresholds are chosen on validation
     test = dataset.test
     if params.max_rows and params.max_rows < len(test):

@@ -58,11 +58,12 @@ def model_source(ctx: Any, model_job: str) -> PriorResult:
     return prior
 
 
-def load_model(prior: PriorResult) -> tuple[Any, Any, DataSpec, Any]:
-    """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``."""
+def load_model(prior: PriorResult, ctx: Any) -> tuple[Any, Any, DataSpec, Any]:
+    """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``, fetched through ``ctx``
+    (downloaded from the artifact store if need be, its sha256 checked)."""
     from worker.ml.modeling import load_saved
 
-    folder = Path(prior.artifacts[MODEL_ARTIFACT])
+    folder = ctx.fetch_artifact(prior, MODEL_ARTIFACT)
     model, tokenizer, labels = load_saved(folder)
     spec = DataSpec(**json.loads((folder / DATASET_FILE).read_text()))
     dataset = spec.load()

@@ -147,6 +147,8 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     seed_everything(cfg.seed)
     plan = Plan.of(cfg, len(texts), len(val[0]) if val else 0)
     loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
+    # Each saved checkpoint is handed to the context, which makes it durable (object storage).
+    loop.on_saved = getattr(ctx, "checkpoint_saved", None)
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
     with _progress(ctx, plan.steps, run) as advance:
@@ -224,14 +226,17 @@ class _Loop:
             extra, weights = load_extra(latest)
             if "early_stopping" in extra:
                 self.early.restore(extra["early_stopping"], weights)
+        self.on_saved: Callable[[Path], None] | None = None
 
     def _state(self) -> dict[str, Any]:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
 
     def checkpoint(self, step: int) -> None:
-        save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
-                        tensors=self.early.weights)
+        saved = save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
+                                tensors=self.early.weights)
         self.saved_step = step
+        if self.on_saved is not None:
+            self.on_saved(saved)
 
     def stop(self, step: int) -> None:
         # Checkpoint the progress since the last periodic save, so the next attempt resumes right here.
