@@ -99,14 +99,18 @@ def test_progress_lines_come_at_the_rarer_of_every_n_seconds_and_every_tenth_of_
     assert [int(re.search(r"step (\d+)/", m).group(1)) for m in lines] == list(range(20, 201, 20))
 
 
-def test_a_failed_job_ends_with_a_failed_line_and_celery_never_says_it_succeeded(embedded):
+def test_a_failed_job_ends_with_a_failed_line_and_celery_never_says_it_succeeded(embedded, tmp_path):
     embedded.ok("budget", "create", "b", "--total", "1.00")
+    # A dataset admission accepts (the folder and its columns exist) but the worker cannot use: no test split.
+    data = tmp_path / "no_test"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"text": "book a flight", "label": "book_flight", "domain": "travel"}\n')
     bad = json.loads(embedded.ok("submit", "baseline", "--budget", "b", "--estimate", "0.05", "--max-attempts", "1",
-                                 "--param", "dataset=/nonexistent/dataset", "--json").stdout)["id"]
+                                 "--param", f"dataset={data}", "--json").stdout)["id"]
     good = json.loads(embedded.ok("submit", "calibrate", "--budget", "b", "--estimate", "0.01", "--param", "seconds=0.3",
                                   "--json").stdout)["id"]
     log = embedded.burst("--loglevel", "warning")
-    assert re.search(rf"job {bad} \(baseline\) attempt 1/1 ended failed \(PermanentError: /nonexistent/dataset: no such dataset folder\); charged \$", log), log
+    assert re.search(rf"job {bad} \(baseline\) attempt 1/1 ended failed \(PermanentError: .*no_test: no test file.*\); charged \$", log), log
     assert re.search(rf"job {good} \(calibrate\) attempt 1/\d ended succeeded; charged \$[0-9.]+ of \$0\.01", log), log
     assert f"job {bad} (baseline) attempt 1/1 started" in log
     assert "succeeded in" not in log  # Celery's own task line: the task returns normally even when its job failed

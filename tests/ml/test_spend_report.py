@@ -98,7 +98,7 @@ def test_the_report_shows_the_real_runs_exactly_and_in_their_units(ran, tmp_path
     augment_row = _row(improvement, "augment")
     assert augment_row[:4] == ["augment", "augment", "F1 points", "3"] and "t over 3 seeds" in augment_row
     assert _row(improvement, "distill")[2] == "x speed" and _row(improvement, "prompts")[2] == "accuracy points"
-    assert "paired, +-1.96 SE" in _row(improvement, "prompts")
+    assert "paired bootstrap" in _row(improvement, "prompts")  # the prompt loop logs its test-set bootstrap CI
     slices = _section(page, "slices")
     assert "travel" in slices and "before (baseline" in slices and "augmented - control (points)" in slices
     assert _section(page, "ood").count("<img") == 3  # baseline, robustness and distill logged ROC points
