@@ -61,8 +61,9 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     Logs ``<run>.loss`` and ``<run>.lr`` per step. Raises ``BudgetStop`` after checkpointing when
     ``ctx.should_stop()`` turns true. Optional hooks (none given: plain fine-tuning):
     ``batches`` replaces the seeded shuffle with any object whose ``indices(micro)`` names the rows of
-    micro-batch ``micro``; ``loss_fn(logits, labels, indices)`` replaces the model's mean cross-entropy
-    (it sees the per-row logits the step computes anyway); ``on_step(step)`` runs after each step.
+    micro-batch ``micro``; ``loss_fn(model, batch, labels, indices) -> loss`` replaces the model's mean
+    cross-entropy and runs the forward pass itself, so it can ask for what it needs (per-row logits,
+    hidden states, another model's outputs for the same rows); ``on_step(step)`` runs after each step.
     """
     seed_everything(cfg.seed)
     loop = _Loop(model, tokenizer, texts, label_ids, cfg, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
@@ -144,7 +145,7 @@ class _Loop:
     def _loss(self, batch: dict[str, Any], labels: Any, indices: list[int]) -> Any:
         if self.loss_fn is None:
             return self.model(**batch, labels=labels).loss
-        return self.loss_fn(self.model(**batch).logits, labels, indices)
+        return self.loss_fn(self.model, batch, labels, indices)
 
 
 def _optimizer(model: Any, cfg: TrainConfig, device: str):
