@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -43,8 +42,11 @@ TARGETS = {"accuracy_retained": 0.97, "size_ratio": 2.0, "throughput_ratio": 2.0
 LOGITS_ONLY = {"hidden_weight": 0.0, "attention_weight": 0.0, "value_weight": 0.0}
 COMMON = {"batch_size": 32, "lr": 2e-4, "checkpoint_every": 1000, "latency_samples": 30, "speed_rounds": 3,
           "serving_batch": 64}
-# The frontier: name -> params on top of COMMON (and the spec's defaults: hidden 1, attention 1, uniform map).
+# The frontier: name -> params on top of COMMON (and the spec's defaults: hidden 1, attention 1, uniform
+# map). The longest first, so two workers finish together.
 FRONTIER = {
+    "L3 hidden+attn 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2},
+    "L2 hidden+attn 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2},
     "L3 logits 10%x1": {"layers": 3, **LOGITS_ONLY},
     "L3 hidden+attn 10%x1": {"layers": 3},
     "L3 hidden+attn bottom-map 10%x1": {"layers": 3, "layer_map": "bottom"},
@@ -52,8 +54,6 @@ FRONTIER = {
                                               "value_weight": 1.0},
     "L2 logits 10%x1": {"layers": 2, **LOGITS_ONLY},
     "L2 hidden+attn 10%x1": {"layers": 2},
-    "L2 hidden+attn 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2},
-    "L3 hidden+attn 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2},
 }
 QUICK_FRONTIER = {"L2 logits": {"layers": 2, **LOGITS_ONLY}, "L2 hidden+attn": {"layers": 2},
                   "L1 hidden+attn": {"layers": 1}}
@@ -200,8 +200,8 @@ def ratios_for(layers: int, speed: dict) -> dict[str, float]:
 # --- 4. the test split, once per seed for the chosen configuration -----------------------------
 
 
-def run_seed(teacher_dir: str, params: dict, seed: int, root: str, threads: int) -> tuple[dict, float]:
-    """The real distill payload for one seed; (its unsliced, unstepped metrics, wall seconds)."""
+def run_seed(teacher_dir: str, params: dict, seed: int, root: str, threads: int) -> tuple[dict, float, str]:
+    """The real distill payload for one seed; (its unsliced, unstepped metrics, wall seconds, student folder)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -210,26 +210,22 @@ def run_seed(teacher_dir: str, params: dict, seed: int, root: str, threads: int)
     start = time.perf_counter()
     job = context.run_job(Path(root), "distill", {**params, "seed": seed, "quantize": True, "model_job": "teacher"}, history)
     seconds = time.perf_counter() - start
-    return {m.name: m.value for m in job.metrics if m.slice is None and m.step is None}, seconds
+    return {m.name: m.value for m in job.metrics if m.slice is None and m.step is None}, seconds, job.artifacts["model"]
 
 
-def int8_comparison(teacher_dir: Path, params: dict, root: Path, common: dict) -> dict:
-    """fp32 student, ONNX Runtime int8 and torch.ao int8 (deprecated) of one seed-0 student: test
-    accuracy and speed, timed in alternation with the teacher."""
-    import specs
-    from worker.initiatives.distill import train_student
+def int8_comparison(teacher_dir: Path, student_dir: Path, root: Path, common: dict) -> dict:
+    """The seed-0 student (its stored artifact) in fp32, ONNX Runtime int8 and torch.ao int8
+    (deprecated): test accuracy and speed, timed in alternation with the teacher."""
     from worker.ml.evaluate import classification_rows
     from worker.ml.lineage import load_model
+    from worker.ml.modeling import load_saved
     from worker.ml.serving import TorchAoInt8, TorchPredictor, onnx_int8, paired_speed, predict
 
-    context = _context_module()
     teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
-    parsed = specs.parse_params("distill", {**params, "model_job": "teacher"})
-    ctx = context.InProcessContext(root, "distill", history=[], params=params)
-    student = train_student(teacher, tokenizer, dataset, parsed, ctx)
-    predictors = {"teacher": TorchPredictor(teacher, tokenizer), "student fp32": TorchPredictor(student.model, student.tokenizer),
-                  "int8 ONNX Runtime": onnx_int8(student.model, student.tokenizer, root / "onnx"),
-                  "int8 torch.ao (deprecated)": TorchAoInt8(student.model, student.tokenizer)}
+    student, student_tokenizer, _ = load_saved(student_dir)
+    predictors = {"teacher": TorchPredictor(teacher, tokenizer), "student fp32": TorchPredictor(student, student_tokenizer),
+                  "int8 ONNX Runtime": onnx_int8(student, student_tokenizer, root / "onnx"),
+                  "int8 torch.ao (deprecated)": TorchAoInt8(student, student_tokenizer)}
     out = {}
     for who, predictor in predictors.items():
         predicted = predict(predictor, dataset.test.texts).argmax(axis=1)
@@ -259,6 +255,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on 2 cores shared with other jobs one thread trained 2x faster than two")
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="a JSON file keeping each finished phase (and its work folder beside it): a rerun resumes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.build_teacher:
@@ -266,7 +264,8 @@ def main() -> None:
         print(f"teacher cached at {args.teacher}", file=sys.stderr)
         return
     with tempfile.TemporaryDirectory(prefix="budgetq-bench-distill-") as scratch:
-        root = Path(scratch)
+        # With --state the work folder outlives the run: the int8 phase reads the seed-0 student from it.
+        root = args.state.with_suffix(".work") if args.state else Path(scratch)
         teacher_dir, frontier, common, build_seconds = _teacher_for(args, root)
         if args.only:
             frontier = {k: v for k, v in frontier.items() if k in set(args.only.split(","))}
@@ -295,42 +294,62 @@ def _teacher_for(args, root: Path) -> tuple[Path, dict, dict, float]:
     return args.teacher, FRONTIER, COMMON, 0.0
 
 
+class Phases:
+    """Each phase's result and wall time, saved to ``path`` (JSON) as it completes, so a rerun with
+    the same ``--state`` skips what is done: a failure in a late phase costs only that phase."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.saved = json.loads(path.read_text()) if path and path.is_file() else {}
+        self.clock: dict[str, float] = {}
+
+    def run(self, name: str, fn):
+        if name not in self.saved:
+            start = time.perf_counter()
+            self.saved[name] = {"result": fn(), "seconds": time.perf_counter() - start}
+            if self.path:
+                self.path.write_text(json.dumps(self.saved, indent=1))
+        self.clock[name] = self.saved[name]["seconds"]
+        return self.saved[name]["result"]
+
+
 def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, args, build_seconds: float) -> str:
-    clock = {"teacher build": build_seconds}
-    start = time.perf_counter()
+    phases = Phases(args.state)
+    phases.clock["teacher build"] = build_seconds
     layers = sorted({p["layers"] for p in frontier.values()})
-    speed = architecture_speed(teacher_dir, layers, common, root / "arch")
-    teacher_val = teacher_val_accuracy(teacher_dir, common)
-    clock["speed and teacher validation"] = time.perf_counter() - start
+    speed = phases.run("speed per architecture", lambda: architecture_speed(teacher_dir, layers, common, root / "arch"))
+    teacher_val = phases.run("teacher validation", lambda: teacher_val_accuracy(teacher_dir, common))
     print(f"speed per architecture: {json.dumps(speed)}; teacher val {teacher_val:.4f}", file=sys.stderr)
 
-    start = time.perf_counter()
-    with _pool(args.workers) as pool:
-        futures = [pool.submit(train_point, str(teacher_dir), name, {**common, **params}, str(root / f"p{i}"), args.threads)
-                   for i, (name, params) in enumerate(frontier.items())]
-        points = [f.result() for f in futures]
-    clock["frontier (validation)"] = time.perf_counter() - start
+    def frontier_phase() -> list[dict]:
+        with _pool(args.workers) as pool:
+            futures = [pool.submit(train_point, str(teacher_dir), name, {**common, **params}, str(root / f"p{i}"), args.threads)
+                       for i, (name, params) in enumerate(frontier.items())]
+            return [asdict(f.result()) for f in futures]
+
+    points = [Point(**p) for p in phases.run("frontier (validation)", frontier_phase)]
     for p in points:
         print(f"frontier {p.name}: val {p.val_accuracy:.4f} in {p.seconds:.0f} s", file=sys.stderr)
     chosen = choose(points, teacher_val, speed)  # validation only: no test number exists yet
     print(f"chosen on validation: {chosen.name}", file=sys.stderr)
 
-    start = time.perf_counter()
-    with _pool(min(args.workers, args.seeds)) as pool:
-        futures = [pool.submit(run_seed, str(teacher_dir), chosen.params, seed, str(root / f"s{seed}"), args.threads)
-                   for seed in range(args.seeds)]
-        seeds = [f.result() for f in futures]
-    clock["chosen configuration on test"] = time.perf_counter() - start
-    start = time.perf_counter()
-    int8 = int8_comparison(teacher_dir, chosen.params, root / "int8", common)
-    clock["int8 comparison"] = time.perf_counter() - start
-    return report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, common, args)
+    def seed_phase() -> list:
+        with _pool(min(args.workers, args.seeds)) as pool:
+            futures = [pool.submit(run_seed, str(teacher_dir), chosen.params, seed, str(root / f"s{seed}"), args.threads)
+                       for seed in range(args.seeds)]
+            return [list(f.result()) for f in futures]
+
+    seeds = phases.run(f"{chosen.name} on test", seed_phase)
+    int8 = phases.run("int8 comparison", lambda: int8_comparison(teacher_dir, Path(seeds[0][2]), root / "int8", common))
+    return report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, phases.clock, common, args)
 
 
 def report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, common, args) -> str:
     from bench.distill_report import render
 
-    return render(teacher_dir=teacher_dir, points=points, teacher_val=teacher_val, speed=speed, chosen=chosen,
+    label = ("a tiny 4-layer BERT on a 10-intent CLINC150 subset (--quick: numbers meaningless)" if args.quick
+             else "MiniLM-L6 fine-tuned on CLINC150 `full`")
+    return render(teacher_label=label, teacher_dir=teacher_dir, points=points, teacher_val=teacher_val, speed=speed, chosen=chosen,
                   seeds=seeds, int8=int8, clock=clock, common=common, threads=args.threads, workers=args.workers,
                   targets=TARGETS)
 

@@ -12,18 +12,18 @@ def dollars(seconds: float) -> str:
     return f"${PRICE_PER_HOUR * seconds / 3600:.3f}"
 
 
-def render(*, teacher_dir: Path, points, teacher_val: float, speed: dict, chosen, seeds, int8: dict, clock: dict,
+def render(*, teacher_label: str, teacher_dir: Path, points, teacher_val: float, speed: dict, chosen, seeds, int8: dict, clock: dict,
            common: dict, threads: int, workers: int, targets: dict) -> str:
     from core.stats import mean_ci
 
     metrics_file = teacher_dir / "teacher_metrics.json"
     teacher = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    rows = [m for m, _ in seeds]
+    rows = [m for m, *_ in seeds]
     retained = mean_ci([m["accuracy_retained"] for m in rows])
     throughput = mean_ci([m["throughput_ratio"] for m in rows])
     size = mean_ci([m["size_ratio"] for m in rows])
     lines = [
-        f"Teacher: MiniLM-L6 fine-tuned on CLINC150 `full` (cached at `{teacher_dir}`, see its README.txt): test accuracy "
+        f"Teacher: {teacher_label} (cached at `{teacher_dir}`, see its README.txt): test accuracy "
         f"{teacher.get('accuracy', float('nan')):.4f}, validation accuracy {teacher_val:.4f}. CPU fp32, {threads} torch "
         f"thread(s) per process, 2 cores shared with other jobs; configurations trained {workers} at a time. "
         "Re-run: `python -m bench.distill --write` (`--teacher DIR` reuses a teacher; a missing one is built).",
@@ -83,7 +83,7 @@ def _terms(params: dict) -> str:
 def frontier_table(points, teacher_val: float, speed: dict) -> list[str]:
     lines = ["| configuration | layers (map) | losses | rows x epochs | val accuracy | retained | x smaller | x faster | wall | cost |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for p in points:
+    for p in sorted(points, key=lambda p: (p.params["layers"], p.train_rows, p.name)):
         s, t = speed[f"L{p.params['layers']}"], speed["teacher"]
         lines.append(
             f"| {p.name} | {p.params['layers']} ({p.params.get('layer_map', 'uniform')}) | {_terms(p.params)} | "
@@ -96,7 +96,7 @@ def frontier_table(points, teacher_val: float, speed: dict) -> list[str]:
 def seed_table(seeds) -> list[str]:
     lines = ["| seed | test accuracy (teacher) | retained | accuracy delta | macro-F1 delta | x smaller | x faster (serving batch) | x lower latency (batch 1) | val retained | wall | cost |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for seed, (m, seconds) in enumerate(seeds):
+    for seed, (m, seconds, _) in enumerate(seeds):
         lines.append(
             f"| {seed} | {m['accuracy']:.4f} ({m['teacher.accuracy']:.4f}) | {100 * m['accuracy_retained']:.1f}% | "
             f"{m['overall.accuracy_delta']:+.2f} pts | {m['overall.macro_f1_delta']:+.2f} pts | {m['size_ratio']:.2f} | "
