@@ -40,10 +40,12 @@ TEACHER = {"dataset": "clinc150", "variant": "full", "steps": 3 * 469, "batch_si
            "warmup_ratio": 0.1, "checkpoint_every": 100, "latency_samples": 30, "seed": 0}
 TARGETS = {"accuracy_retained": 0.97, "size_ratio": 2.0, "throughput_ratio": 2.0}
 LOGITS_ONLY = {"hidden_weight": 0.0, "attention_weight": 0.0, "value_weight": 0.0}
+HIDDEN_ATTENTION = {"hidden_weight": 1.0, "attention_weight": 1.0, "value_weight": 0.0}
 COMMON = {"batch_size": 32, "lr": 2e-4, "checkpoint_every": 1000, "latency_samples": 30, "speed_rounds": 3,
-          "serving_batch": 64}
-# The frontier: name -> params on top of COMMON (and the spec's defaults: hidden 1, attention 1, uniform
-# map). The longest first, so two workers finish together.
+          "serving_batch": 64, "temperature": 2.0, "alpha": 0.5, "layer_map": "uniform", "attention_layers": "all",
+          "sample_fraction": 0.1, "epochs": 1, **HIDDEN_ATTENTION}
+# The frontier: name -> params on top of COMMON (10% sample, one epoch, hidden states and attention
+# maps at weight 1, uniform map). The longest first, so two workers finish together.
 FRONTIER = {
     "L3 hidden+attn 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2},
     "L2 hidden+attn 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2},

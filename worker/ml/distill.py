@@ -163,6 +163,7 @@ class DistillLoss:
         import torch
 
         w = self.weights
+        self.teacher.to(batch["input_ids"].device)  # train() moves only the student; a no-op once there
         layers = self._attention_layers(model)
         with _projections(model, layers) as student_qkv:
             out = model(**batch, output_hidden_states=w.hidden > 0)
