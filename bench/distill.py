@@ -252,7 +252,9 @@ def main() -> None:
     parser.add_argument("--build-teacher", action="store_true", help="only build (or rebuild) the teacher")
     parser.add_argument("--quick", action="store_true", help="a smoke run on a tiny teacher and a CLINC150 subset")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2, help="configurations trained at once (processes)")
+    parser.add_argument("--workers", type=int, default=2, help="frontier configurations trained at once (processes)")
+    parser.add_argument("--seed-workers", type=int, default=3,
+                        help="seeds run at once; the speed phases before and after run alone for clean timings")
     parser.add_argument("--only", default="", help="comma-separated frontier names to run (default: all)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on 2 cores shared with other jobs one thread trained 2x faster than two")
@@ -336,7 +338,7 @@ def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, a
     print(f"chosen on validation: {chosen.name}", file=sys.stderr)
 
     def seed_phase() -> list:
-        with _pool(min(args.workers, args.seeds)) as pool:
+        with _pool(min(args.seed_workers, args.seeds)) as pool:
             futures = [pool.submit(run_seed, str(teacher_dir), chosen.params, seed, str(root / f"s{seed}"), args.threads)
                        for seed in range(args.seeds)]
             return [list(f.result()) for f in futures]
@@ -353,6 +355,7 @@ def report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, 
              else "MiniLM-L6 fine-tuned on CLINC150 `full`")
     return render(teacher_label=label, teacher_dir=teacher_dir, points=points, teacher_val=teacher_val, speed=speed, chosen=chosen,
                   seeds=seeds, int8=int8, clock=clock, common=common, threads=args.threads, workers=args.workers,
+                  seed_workers=min(args.seed_workers, args.seeds),
                   targets=TARGETS)
 
 

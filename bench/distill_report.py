@@ -13,7 +13,7 @@ def dollars(seconds: float) -> str:
 
 
 def render(*, teacher_label: str, teacher_dir: Path, points, teacher_val: float, speed: dict, chosen, seeds, int8: dict, clock: dict,
-           common: dict, threads: int, workers: int, targets: dict) -> str:
+           common: dict, threads: int, workers: int, seed_workers: int, targets: dict) -> str:
     from core.stats import mean_ci
 
     metrics_file = teacher_dir / "teacher_metrics.json"
@@ -37,7 +37,10 @@ def render(*, teacher_label: str, teacher_dir: Path, points, teacher_val: float,
         "", f"**Chosen on validation:** {chosen.name} (rule: of the configurations at least "
         f"{targets['size_ratio']:.0f}x smaller and {targets['throughput_ratio']:.0f}x faster, the one keeping the most "
         "of the teacher's validation accuracy). The test split is read only from here on, once per seed.",
-        "", f"### {chosen.name} on test ({len(rows)} seeds, the `distill` payload)", "", *seed_table(seeds),
+        "", f"### {chosen.name} on test ({len(rows)} seeds, the `distill` payload)", "",
+        f"The seeds ran {seed_workers} at a time, so each job timed its teacher and student while the others "
+        "trained: their speed columns are noisier than the two tables measured alone (above and below).", "",
+        *seed_table(seeds),
         "",
         f"Accuracy retained {100 * retained.mean:.1f}% (95% CI {_ci(retained, 100, '%')}), size {size.mean:.2f}x "
         f"smaller, throughput {throughput.mean:.2f}x (95% CI {_ci(throughput, 1, 'x')}).",
