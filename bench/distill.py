@@ -56,6 +56,10 @@ FRONTIER = {
                                               "value_weight": 1.0},
     "L2 logits 10%x1": {"layers": 2, **LOGITS_ONLY},
     "L2 hidden+attn 10%x1": {"layers": 2},
+    # Added after the first eight: the logit-only controls at the larger budget, and all the data for L3.
+    "L3 hidden+attn 100%x2": {"layers": 3, "sample_fraction": 1.0, "epochs": 2},
+    "L3 logits 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2, **LOGITS_ONLY},
+    "L2 logits 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2, **LOGITS_ONLY},
 }
 QUICK_FRONTIER = {"L2 logits": {"layers": 2, **LOGITS_ONLY}, "L2 hidden+attn": {"layers": 2},
                   "L1 hidden+attn": {"layers": 1}}
@@ -259,6 +263,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on 2 cores shared with other jobs one thread trained 2x faster than two")
     parser.add_argument("--write", action="store_true", help="write the section into docs/BENCHMARKS.md")
+    parser.add_argument("--frontier-only", action="store_true", help="stop after scoring the frontier on validation")
     parser.add_argument("--state", type=Path, default=None,
                         help="a JSON file keeping each finished phase (and its work folder beside it): a rerun resumes")
     args = parser.parse_args()
@@ -316,6 +321,32 @@ class Phases:
         self.clock[name] = self.saved[name]["seconds"]
         return self.saved[name]["result"]
 
+    def store(self, name: str, result, seconds: float) -> None:
+        self.saved[name] = {"result": result, "seconds": seconds}
+        if self.path:
+            self.path.write_text(json.dumps(self.saved, indent=1))
+
+
+def frontier_points(phases: Phases, frontier: dict, common: dict, teacher_dir: Path, root: Path, args) -> list[Point]:
+    """Every configuration of ``frontier`` on validation; those a previous run of this ``--state``
+    scored are kept, only the new ones train (so the frontier can grow between runs)."""
+    name = "frontier (validation)"
+    saved = phases.saved.get(name, {"result": [], "seconds": 0.0})
+    done = {p["name"]: p for p in saved["result"]}
+    todo = {n: params for n, params in frontier.items() if n not in done}
+    seconds = saved["seconds"]
+    if todo:
+        start = time.perf_counter()
+        with _pool(args.workers) as pool:
+            futures = [pool.submit(train_point, str(teacher_dir), n, {**common, **params},
+                                   str(root / ("p-" + "".join(c if c.isalnum() else "-" for c in n))), args.threads)
+                       for n, params in todo.items()]
+            done.update((f.result().name, asdict(f.result())) for f in futures)
+        seconds += time.perf_counter() - start
+        phases.store(name, list(done.values()), seconds)
+    phases.clock[name] = seconds
+    return [Point(**done[n]) for n in frontier]
+
 
 def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, args, build_seconds: float) -> str:
     phases = Phases(args.state)
@@ -325,15 +356,11 @@ def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, a
     teacher_val = phases.run("teacher validation", lambda: teacher_val_accuracy(teacher_dir, common))
     print(f"speed per architecture: {json.dumps(speed)}; teacher val {teacher_val:.4f}", file=sys.stderr)
 
-    def frontier_phase() -> list[dict]:
-        with _pool(args.workers) as pool:
-            futures = [pool.submit(train_point, str(teacher_dir), name, {**common, **params}, str(root / f"p{i}"), args.threads)
-                       for i, (name, params) in enumerate(frontier.items())]
-            return [asdict(f.result()) for f in futures]
-
-    points = [Point(**p) for p in phases.run("frontier (validation)", frontier_phase)]
+    points = frontier_points(phases, frontier, common, teacher_dir, root, args)
     for p in points:
         print(f"frontier {p.name}: val {p.val_accuracy:.4f} in {p.seconds:.0f} s", file=sys.stderr)
+    if args.frontier_only:
+        return ""
     chosen = choose(points, teacher_val, speed)  # validation only: no test number exists yet
     print(f"chosen on validation: {chosen.name}", file=sys.stderr)
 
