@@ -56,7 +56,10 @@ FRONTIER = {
                                               "value_weight": 1.0},
     "L2 logits 10%x1": {"layers": 2, **LOGITS_ONLY},
     "L2 hidden+attn 10%x1": {"layers": 2},
-    # Added after the first eight: the logit-only controls at the larger budget, and all the data for L3.
+}
+# Run after the selection over FRONTIER (validation only; no part in it): the logit-only controls at the
+# larger budget, and all the training data for three layers.
+EXTENSION = {
     "L3 hidden+attn 100%x2": {"layers": 3, "sample_fraction": 1.0, "epochs": 2},
     "L3 logits 30%x2": {"layers": 3, "sample_fraction": 0.3, "epochs": 2, **LOGITS_ONLY},
     "L2 logits 30%x2": {"layers": 2, "sample_fraction": 0.3, "epochs": 2, **LOGITS_ONLY},
@@ -278,7 +281,8 @@ def main() -> None:
         teacher_dir, frontier, common, build_seconds = _teacher_for(args, root)
         if args.only:
             frontier = {k: v for k, v in frontier.items() if k in set(args.only.split(","))}
-        body = run_benchmark(teacher_dir, frontier, common, root, args, build_seconds)
+        extension = {} if args.quick else EXTENSION
+        body = run_benchmark(teacher_dir, frontier, extension, common, root, args, build_seconds)
     print(body)
     if args.write and not args.quick:
         from bench.common import write_section
@@ -348,20 +352,22 @@ def frontier_points(phases: Phases, frontier: dict, common: dict, teacher_dir: P
     return [Point(**done[n]) for n in frontier]
 
 
-def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, args, build_seconds: float) -> str:
+def run_benchmark(teacher_dir: Path, frontier: dict, extension: dict, common: dict, root: Path, args,
+                  build_seconds: float) -> str:
     phases = Phases(args.state)
-    phases.clock["teacher build"] = build_seconds
+    if build_seconds:  # a cached teacher's cost is in its README, quoted in the section's first line
+        phases.clock["teacher build"] = build_seconds
     layers = sorted({p["layers"] for p in frontier.values()})
     speed = phases.run("speed per architecture", lambda: architecture_speed(teacher_dir, layers, common, root / "arch"))
     teacher_val = phases.run("teacher validation", lambda: teacher_val_accuracy(teacher_dir, common))
     print(f"speed per architecture: {json.dumps(speed)}; teacher val {teacher_val:.4f}", file=sys.stderr)
 
-    points = frontier_points(phases, frontier, common, teacher_dir, root, args)
+    points = frontier_points(phases, {**frontier, **extension}, common, teacher_dir, root, args)
     for p in points:
         print(f"frontier {p.name}: val {p.val_accuracy:.4f} in {p.seconds:.0f} s", file=sys.stderr)
     if args.frontier_only:
         return ""
-    chosen = choose(points, teacher_val, speed)  # validation only: no test number exists yet
+    chosen = choose([p for p in points if p.name in frontier], teacher_val, speed)  # validation only: no test number yet
     print(f"chosen on validation: {chosen.name}", file=sys.stderr)
 
     def seed_phase() -> list:
@@ -372,15 +378,15 @@ def run_benchmark(teacher_dir: Path, frontier: dict, common: dict, root: Path, a
 
     seeds = phases.run(f"{chosen.name} on test", seed_phase)
     int8 = phases.run("int8 comparison", lambda: int8_comparison(teacher_dir, Path(seeds[0][2]), root / "int8", common))
-    return report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, phases.clock, common, args)
+    return report(teacher_dir, points, set(extension), teacher_val, speed, chosen, seeds, int8, phases.clock, common, args)
 
 
-def report(teacher_dir, points, teacher_val, speed, chosen, seeds, int8, clock, common, args) -> str:
+def report(teacher_dir, points, extension, teacher_val, speed, chosen, seeds, int8, clock, common, args) -> str:
     from bench.distill_report import render
 
     label = ("a tiny 4-layer BERT on a 10-intent CLINC150 subset (--quick: numbers meaningless)" if args.quick
              else "MiniLM-L6 fine-tuned on CLINC150 `full`")
-    return render(teacher_label=label, teacher_dir=teacher_dir, points=points, teacher_val=teacher_val, speed=speed, chosen=chosen,
+    return render(teacher_label=label, teacher_dir=teacher_dir, points=points, extension=extension, teacher_val=teacher_val, speed=speed, chosen=chosen,
                   seeds=seeds, int8=int8, clock=clock, common=common, threads=args.threads, workers=args.workers,
                   seed_workers=min(args.seed_workers, args.seeds),
                   targets=TARGETS)

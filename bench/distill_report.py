@@ -12,19 +12,22 @@ def dollars(seconds: float) -> str:
     return f"${PRICE_PER_HOUR * seconds / 3600:.3f}"
 
 
-def render(*, teacher_label: str, teacher_dir: Path, points, teacher_val: float, speed: dict, chosen, seeds, int8: dict, clock: dict,
+def render(*, teacher_label: str, teacher_dir: Path, points, extension: set, teacher_val: float, speed: dict, chosen, seeds, int8: dict, clock: dict,
            common: dict, threads: int, workers: int, seed_workers: int, targets: dict) -> str:
     from core.stats import mean_ci
 
     metrics_file = teacher_dir / "teacher_metrics.json"
     teacher = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    readme = teacher_dir / "README.txt"
+    built = [line for line in readme.read_text().splitlines() if line.startswith("Trained")] if readme.is_file() else []
     rows = [m for m, *_ in seeds]
     retained = mean_ci([m["accuracy_retained"] for m in rows])
     throughput = mean_ci([m["throughput_ratio"] for m in rows])
     size = mean_ci([m["size_ratio"] for m in rows])
     lines = [
         f"Teacher: {teacher_label} (cached at `{teacher_dir}`, see its README.txt): test accuracy "
-        f"{teacher.get('accuracy', float('nan')):.4f}, validation accuracy {teacher_val:.4f}. CPU fp32, {threads} torch "
+        f"{teacher.get('accuracy', float('nan')):.4f}, validation accuracy {teacher_val:.4f}"
+        f"{' (' + built[0].rstrip('.') + ')' if built else ''}. CPU fp32, {threads} torch "
         f"thread(s) per process, 2 cores shared with other jobs; configurations trained {workers} at a time. "
         "Re-run: `python -m bench.distill --write` (`--teacher DIR` reuses a teacher; a missing one is built).",
         "",
@@ -33,10 +36,14 @@ def render(*, teacher_label: str, teacher_dir: Path, points, teacher_val: float,
         "students take turns in one process, best of "
         f"{common['speed_rounds']} rounds each.",
         "", "### Speed and size per architecture (pruned vocabulary)", "", *speed_table(speed),
-        "", "### Frontier, on the validation split only", "", *frontier_table(points, teacher_val, speed),
+        "", "### Frontier, on the validation split only", "",
+        *frontier_table([p for p in points if p.name not in extension], teacher_val, speed),
         "", f"**Chosen on validation:** {chosen.name} (rule: of the configurations at least "
         f"{targets['size_ratio']:.0f}x smaller and {targets['throughput_ratio']:.0f}x faster, the one keeping the most "
         "of the teacher's validation accuracy). The test split is read only from here on, once per seed.",
+        *(["", "Run after that selection, on validation only, taking no part in it: the logit-only controls at the "
+           "larger budget, and three layers on all the training data.", "",
+           *frontier_table([p for p in points if p.name in extension], teacher_val, speed)] if extension else []),
         "", f"### {chosen.name} on test ({len(rows)} seeds, the `distill` payload)", "",
         f"The seeds ran {seed_workers} at a time, so each job timed its teacher and student while the others "
         "trained: their speed columns are noisier than the two tables measured alone (above and below).", "",

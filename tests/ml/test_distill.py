@@ -10,7 +10,7 @@ import pytest
 from core.errors import BudgetStop
 
 BASELINE = {"steps": 40, "lr": 5e-3, "batch_size": 32, "checkpoint_every": 40, "latency_samples": 3}
-DISTILL = {"layers": 1, "sample_fraction": 0.25, "batch_size": 16, "lr": 5e-3, "latency_samples": 3,
+DISTILL = {"layers": 1, "sample_fraction": 0.25, "epochs": 1, "batch_size": 16, "lr": 5e-3, "latency_samples": 3,
            "speed_rounds": 2, "serving_batch": 8}
 
 
