@@ -30,7 +30,7 @@ FULL = {
                    "checkpoint_every": 1000, "s_max": 100.0, "anneal": "linear", "anneal_fraction": 0.5,
                    "target_accuracy": 0.8},
     "distill": {"layers": 3, "prune_vocab": True, "quantize": True, "temperature": 2.0, "alpha": 0.5,
-                "sample_fraction": 0.1, "batch_size": 16, "lr": 2e-4, "latency_samples": 30},
+                "sample_fraction": 0.1, "epochs": 1, "batch_size": 16, "lr": 2e-4, "latency_samples": 30},
 }
 QUICK = {
     "curriculum": {**FULL["curriculum"], "steps": 6, "eval_every": 3, "quantile_every": 3},

@@ -1,22 +1,22 @@
-"""distill: a 2-3x smaller student from a stored model, trained to a validation plateau.
+"""distill: a 2-3x smaller, faster student from a stored model, trained on its outputs and internals.
 
 The teacher is the ``model`` artifact of ``model_job`` (default: the latest baseline). The student
-keeps ``layers`` of the teacher's encoder layers and, with ``prune_vocab``, only the word pieces the
-training corpus uses (``worker.ml.distill``). It trains on a stratified ``sample_fraction`` of the
-training split (default: all of it) against the teacher's soft targets at ``temperature``, mixed with
-the hard labels at weight ``alpha``, for up to ``epochs`` epochs with the same early stopping on
-validation macro-F1 as baseline (``steps > 0``: exactly that many steps).
+keeps ``layers`` of the teacher's encoder layers (chosen by ``layer_map``) and, with
+``prune_vocab``, only the word pieces the training corpus uses (``worker.ml.distill``). It trains
+``epochs`` passes over a stratified ``sample_fraction`` of the training split with the frozen
+teacher run on every batch: soft targets at ``temperature`` mixed with the hard labels at weight
+``alpha``, plus the intermediate targets (hidden states, attention maps, value relations) at their
+own weights.
 
 Teacher and student are measured in the same run on the same machine by the same evaluation as
-baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, latency, throughput, parameters,
-size), then timed once more in alternation (``speed.*``) for the ratios. The student's rows are
-logged unprefixed, as baseline logs its model's, because the student is this job's ``model``
-artifact and later jobs (robustness, augment with ``model_job``) read them so; the teacher's carry
-``teacher.``. ``improvement`` is the throughput ratio (student / teacher at batch
-64): distillation buys serving speed, and ``accuracy_retained`` says what it cost, as do
-``overall.accuracy_delta`` and ``overall.macro_f1_delta`` (student minus teacher, points) and
-``tradeoff`` (1 when the student is faster but worse). A speed ratio has no test-set bootstrap
-interval, so none is logged.
+baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, size) on the test split, and on the
+validation split (``val.accuracy``, ``teacher.val.accuracy``) for choosing a configuration without
+touching test. Speed is timed separately with teacher and student in alternation in one process,
+CPU fp32 (``worker.ml.serving``): latency p50 at batch 1 and throughput at ``serving_batch``
+(``speed.<who>.*``). The student's rows are logged unprefixed, as baseline logs its model's,
+because the student is this job's ``model`` artifact and later jobs read them so; the teacher's
+carry ``teacher.``. ``improvement`` is the throughput ratio at the serving batch (a speed ratio):
+distillation buys serving speed, and ``accuracy_retained`` and ``overall.*_delta`` say what it cost.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ from specs.distill import Params
 def run(params: Params, ctx) -> None:
     from core.errors import PermanentError
     from worker.ml.data import note_val_carved
-    from worker.ml.distill import build_student, stratified_sample
     from worker.ml.evaluate import comparison_rows, infer, log_rows
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
-    from worker.ml.train import config_from, seed_everything, train
 
     source = model_source(ctx, params.model_job)
     teacher, teacher_tokenizer, spec, dataset = load_model(source, ctx)
@@ -41,30 +39,58 @@ def run(params: Params, ctx) -> None:
     teacher_test = infer(teacher, teacher_tokenizer, dataset.test.texts, max_length=params.max_length)
     teacher_rows = _evaluate(teacher, teacher_tokenizer, dataset, ctx.fetch_artifact(source, MODEL_ARTIFACT), params, teacher_test)
     log_rows(ctx, teacher_rows, prefix="teacher.")
-    sample = stratified_sample(dataset.train, params.sample_fraction, params.seed)
-    ctx.log_metric("distill.train_rows", len(sample))
-    soft = infer(teacher, teacher_tokenizer, sample.texts, max_length=params.max_length).logits
-    seed_everything(params.seed)
-    student, tokenizer = build_student(teacher, teacher_tokenizer, layers=params.layers,
-                                       corpus=dataset.train.texts if params.prune_vocab else ())
-    train(student, tokenizer, sample.texts, dataset.label_ids(sample), config_from(params), ctx, run="distill",
-          val=(dataset.val.texts, dataset.label_ids(dataset.val)), loss_fn=_soft_loss(soft, params))
-    folder = save_model(student, tokenizer, dataset.labels, spec, ctx.work_dir / "model")
+    teacher_val = val_accuracy(teacher, teacher_tokenizer, dataset, params)
+    ctx.log_metric("teacher.val.accuracy", teacher_val)
+    student = train_student(teacher, teacher_tokenizer, dataset, params, ctx)
+    folder = save_model(student.model, student.tokenizer, dataset.labels, spec, ctx.work_dir / "model")
     ctx.save_artifact("model", folder)
-    student_test = infer(student, tokenizer, dataset.test.texts, max_length=params.max_length)
-    student_rows = _evaluate(student, tokenizer, dataset, folder, params, student_test)
+    student_test = infer(student.model, student.tokenizer, dataset.test.texts, max_length=params.max_length)
+    student_rows = _evaluate(student.model, student.tokenizer, dataset, folder, params, student_test)
     log_rows(ctx, student_rows)
-    models = {"teacher": (teacher, teacher_tokenizer), "student": (student, tokenizer)}
-    if params.quantize:
-        models.update(_int8_student(ctx, student, tokenizer, dataset, params))
-    speed = _paired_speed(models, dataset.test.texts, params)
-    for who, values in speed.items():
-        for name, value in values.items():
-            ctx.log_metric(f"speed.{who}.{name}", value)
-    throughput = _log_ratios(ctx, {r.name: r.value for r in teacher_rows if r.slice is None},
-                             {r.name: r.value for r in student_rows if r.slice is None}, speed)
+    student_val = val_accuracy(student.model, student.tokenizer, dataset, params)
+    ctx.log_metric("val.accuracy", student_val)
+    ctx.log_metric("val.accuracy_retained", student_val / teacher_val)
+    speed = _speed(ctx, teacher, teacher_tokenizer, student, dataset, params)
+    throughput = _log_ratios(ctx, _overall(teacher_rows), _overall(student_rows), speed)
+    # improvement (the speed ratio), the overall accuracy and macro-F1 change, and the trade-off flag.
     log_rows(ctx, comparison_rows(dataset.label_ids(dataset.test), teacher_test.predictions(), student_test.predictions(),
                                   improvement=throughput, gain_above=1.0))
+
+
+def train_student(teacher, teacher_tokenizer, dataset, params: Params, ctx):
+    """Cut the student from ``teacher`` and train it (resuming from this job's checkpoints); a ``Student``."""
+    from worker.ml.distill import DistillLoss, LossWeights, build_student, stratified_sample, teacher_layers
+    from worker.ml.train import config_from, seed_everything, train
+
+    sample = stratified_sample(dataset.train, params.sample_fraction, params.seed)
+    ctx.log_metric("distill.train_rows", len(sample))
+    seed_everything(params.seed)
+    student = build_student(teacher, teacher_tokenizer, layers=params.layers, layer_map=params.layer_map,
+                            corpus=dataset.train.texts if params.prune_vocab else ())
+    weights = LossWeights(params.temperature, params.alpha, params.hidden_weight, params.attention_weight,
+                          params.value_weight, params.attention_layers)
+    # Intermediate targets: the uniform map whatever the initialisation, so the student's last layer
+    # is always pulled toward the teacher's last, the one its classifier head reads.
+    targets = teacher_layers(teacher.config.num_hidden_layers, params.layers, "uniform")
+    loss_fn = DistillLoss(teacher, weights, targets=targets, teacher_ids=student.teacher_ids)
+
+    def log_terms(step: int) -> None:
+        for name, value in loss_fn.last_terms.items():
+            ctx.log_metric(f"distill.loss.{name}", value, step=step)
+
+    # Up to ``epochs`` passes, stopped early on a validation plateau with the best weights kept.
+    train(student.model, student.tokenizer, sample.texts, dataset.label_ids(sample), config_from(params), ctx, run="distill",
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)), loss_fn=loss_fn, on_step=log_terms)
+    return student
+
+
+def val_accuracy(model, tokenizer, dataset, params: Params) -> float:
+    """Accuracy on the validation split: what a choice between configurations may look at."""
+    from worker.ml.evaluate import infer
+
+    predicted = infer(model, tokenizer, dataset.val.texts, max_length=params.max_length).predictions()
+    truth = dataset.label_ids(dataset.val)
+    return float(sum(int(p) == t for p, t in zip(predicted, truth)) / max(1, len(truth)))
 
 
 def _evaluate(model, tokenizer, dataset, folder, params: Params, test):
@@ -74,45 +100,38 @@ def _evaluate(model, tokenizer, dataset, folder, params: Params, test):
                     latency_samples=params.latency_samples, test=test)
 
 
-def _soft_loss(teacher_logits, params: Params):
-    import torch
-
-    from worker.ml.distill import soft_target_loss
-
-    return soft_target_loss(torch.from_numpy(teacher_logits), temperature=params.temperature, alpha=params.alpha)
+def _overall(rows) -> dict[str, float]:
+    return {r.name: r.value for r in rows if r.slice is None}
 
 
-def _int8_student(ctx, student, tokenizer, dataset, params: Params) -> dict:
-    """The int8 student (not stored) with its test accuracy logged under ``int8.``; none on a GPU machine."""
-    import torch
+def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) -> dict[str, dict[str, float]]:
+    """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation."""
+    from worker.ml.serving import TorchPredictor, paired_speed
 
-    from worker.ml.distill import quantized
-    from worker.ml.evaluate import classification_rows, infer, log_rows
+    predictors = {"teacher": TorchPredictor(teacher, teacher_tokenizer, max_length=params.max_length),
+                  "student": TorchPredictor(student.model, student.tokenizer, max_length=params.max_length)}
+    if params.quantize:
+        predictors["int8"] = _int8_student(ctx, student, dataset, params)
+    speed = paired_speed(predictors, dataset.test.texts, serving_batch=params.serving_batch,
+                         samples=params.latency_samples, rounds=params.speed_rounds)
+    ctx.log_metric("speed.latency_batch", 1)
+    ctx.log_metric("speed.serving_batch", params.serving_batch)
+    for who, values in speed.items():
+        for name, value in values.items():
+            ctx.log_metric(f"speed.{who}.{name}", value)
+    return speed
 
-    if torch.cuda.is_available():
-        return {}  # dynamic int8 kernels are CPU-only, and ``infer`` would move the model to the GPU
-    model = quantized(student)
-    predicted = infer(model, tokenizer, dataset.test.texts, max_length=params.max_length).predictions()
+
+def _int8_student(ctx, student, dataset, params: Params):
+    """The student through ONNX Runtime int8 (not stored), its test accuracy and size logged under ``int8.``."""
+    from worker.ml.evaluate import classification_rows, log_rows
+    from worker.ml.serving import onnx_int8, predict
+
+    predictor = onnx_int8(student.model, student.tokenizer, ctx.work_dir / "onnx", max_length=params.max_length)
+    predicted = predict(predictor, dataset.test.texts).argmax(axis=1)
     log_rows(ctx, [r for r in classification_rows(dataset, dataset.test, predicted) if r.slice is None], prefix="int8.")
-    return {"int8": (model, tokenizer)}
-
-
-def _paired_speed(models: dict, texts, params: Params) -> dict[str, dict[str, float]]:
-    """Latency p50 and throughput per model, measured in alternation, best of ``speed_rounds``.
-
-    On a machine shared with other jobs a burst of load during one model's turn would otherwise
-    decide the ratio; alternating and keeping each model's best turn compares them under like load.
-    """
-    from worker.ml.evaluate import efficiency_rows
-
-    best: dict[str, dict[str, float]] = {who: {} for who in models}
-    for _ in range(params.speed_rounds):
-        for who, (model, tokenizer) in models.items():
-            for row in efficiency_rows(model, tokenizer, texts, None, samples=params.latency_samples):
-                if row.name in ("latency_p50_ms", "throughput_per_s"):
-                    keep = max if row.name == "throughput_per_s" else min
-                    best[who][row.name] = keep(best[who].get(row.name, row.value), row.value)
-    return best
+    ctx.log_metric("int8.size_bytes", predictor.path.stat().st_size)
+    return predictor
 
 
 def _log_ratios(ctx, teacher: dict[str, float], student: dict[str, float], speed: dict) -> float:
@@ -120,7 +139,7 @@ def _log_ratios(ctx, teacher: dict[str, float], student: dict[str, float], speed
     throughput = speed["student"]["throughput_per_s"] / speed["teacher"]["throughput_per_s"]
     ctx.log_metric("size_ratio", teacher["size_bytes"] / student["size_bytes"])  # times smaller on disk
     ctx.log_metric("param_ratio", teacher["param_count"] / student["param_count"])
-    ctx.log_metric("throughput_ratio", throughput)  # times faster at batch 64
+    ctx.log_metric("throughput_ratio", throughput)  # times faster at the serving batch, CPU fp32
     ctx.log_metric("latency_ratio", speed["teacher"]["latency_p50_ms"] / speed["student"]["latency_p50_ms"])
     ctx.log_metric("accuracy_retained", student["accuracy"] / teacher["accuracy"])
     return throughput

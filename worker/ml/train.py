@@ -139,10 +139,11 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     ``<run>.rows``, ``<run>.steps``, ``<run>.epochs_run``, ``<run>.stopped_early`` and
     ``<run>.best_step``. Raises ``BudgetStop`` after checkpointing when ``ctx.should_stop()`` turns
     true. Optional hooks (none given: plain fine-tuning): ``batches`` replaces the seeded shuffle with
-    any object whose ``indices(micro)`` names the rows of micro-batch ``micro``; ``loss_fn(logits,
-    labels, indices)`` replaces the model's mean cross-entropy (it sees the per-row logits the step
-    computes anyway); ``on_step(step)`` runs after each step; ``on_eval(step, accuracy, macro_f1)``
-    after each validation.
+    any object whose ``indices(micro)`` names the rows of micro-batch ``micro``; ``loss_fn(model,
+    batch, labels, indices) -> loss`` replaces the model's mean cross-entropy and runs the forward
+    pass itself, so it can ask for what it needs (per-row logits, hidden states, another model's
+    outputs for the same rows); ``on_step(step)`` runs after each step; ``on_eval(step, accuracy,
+    macro_f1)`` after each validation.
     """
     seed_everything(cfg.seed)
     plan = Plan.of(cfg, len(texts), len(val[0]) if val else 0)
@@ -272,7 +273,7 @@ class _Loop:
     def _loss(self, batch: dict[str, Any], labels: Any, indices: list[int]) -> Any:
         if self.loss_fn is None:
             return self.model(**batch, labels=labels).loss
-        return self.loss_fn(self.model(**batch).logits, labels, indices)
+        return self.loss_fn(self.model, batch, labels, indices)
 
 
 def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
