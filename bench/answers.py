@@ -18,7 +18,7 @@ validation and early-stops its arms there; each final model is scored on test on
 run is kept in ``--work`` (default ``.budgetq/bench-answers``), so a stopped benchmark resumes where it
 was, and the section is rewritten after every run.
 
-    python -m bench.answers            # about 3-4 hours on 2 CPU cores
+    python -m bench.answers --lane a & python -m bench.answers --lane b    # hours on 2 shared CPU cores
     python -m bench.answers --quick    # a few minutes' smoke run: a tiny BERT, one seed (numbers meaningless)
     python -m bench.answers --report-only    # rewrite the section from the runs finished so far
 """
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script (python bench/answers.py), Python puts bench/ on the path rather than the repository root.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 
-from bench.ml_loop import _context_module  # noqa: E402
+from bench.ml_loop import _context_module, _threads  # noqa: E402
 
 SEEDS = (0, 1, 2)
 PRICE_PER_HOUR = 1.00
@@ -50,23 +50,21 @@ DATA = {"10shot": {"dataset": "clinc150", "variant": "10shot", "slice_column": "
 DROP = (".loss", ".lr")  # per-step curves are not kept in the store: the report does not use them
 
 
-def plan(seeds, domains: bool) -> list[tuple[str, str, dict, str]]:
-    """(key, initiative, params, key of the model job) in run order: what the report needs most comes first
-    (every 10shot baseline, one augment, one full pair), then the other seeds of augment and full."""
+def plan(seeds, domains: bool) -> dict[str, list[tuple[str, str, dict, str]]]:
+    """Two lanes of (key, initiative, params, key of the model job), each in run order, what the report
+    needs most first. Two single-threaded lanes, not one with two threads: on cores shared with other
+    work, OpenMP threads wait on each other whenever one of them is descheduled."""
     first, rest = seeds[0], seeds[1:]
-    runs = []
-    for seed in seeds:
-        runs += [(f"10shot/new/{seed}", "baseline", {**DATA["10shot"], "seed": seed}, ""),
-                 (f"10shot/old/{seed}", "baseline", {**DATA["10shot"], **OLD, "seed": seed}, "")]
-        if seed == first:
-            runs.append(_augment(seed))
-    runs += _full_pair(first) + [_augment(seed) for seed in rest]
+    new = [(f"10shot/new/{s}", "baseline", {**DATA["10shot"], "seed": s}, "") for s in seeds]
+    old = [(f"10shot/old/{s}", "baseline", {**DATA["10shot"], **OLD, "seed": s}, "") for s in seeds]
+    lanes = {"a": [new[0], _augment(first), *new[1:], *[_augment(s) for s in rest]],
+             "b": [*old, *_full_pair(first)]}
     for seed in rest:
-        runs += _full_pair(seed)
+        lanes["b" if seed == rest[0] else "a"] += _full_pair(seed)
     if domains:
-        runs += [(f"domain/new/{first}", "baseline", {**DATA["full"], "slice_column": "domain", "seed": first}, ""),
-                 (f"domain/augment/{first}", "augment", {"seed": first}, f"domain/new/{first}")]
-    return runs
+        lanes["a"] += [(f"domain/new/{first}", "baseline", {**DATA["full"], "slice_column": "domain", "seed": first}, ""),
+                       (f"domain/augment/{first}", "augment", {"seed": first}, f"domain/new/{first}")]
+    return lanes
 
 
 def _augment(seed: int) -> tuple[str, str, dict, str]:
@@ -88,7 +86,8 @@ def quick_plan(work: Path) -> list[tuple[str, str, dict, str]]:
         build_tiny_bert(load_dataset("clinc150", variant="full").train.texts, tiny, hidden=32, layers=1, vocab_size=2000)
     quick = {"model": str(tiny), "lr": 5e-3, "latency_samples": 3}
     runs = []
-    for key, initiative, params, after in plan((0,), domains=False):
+    lanes = plan((0,), domains=False)
+    for key, initiative, params, after in lanes["a"] + lanes["b"]:
         if initiative == "baseline":
             params = {**params, **quick, **({"steps": 20} if "/old/" in key else {"epochs": 3})}
         else:
@@ -98,17 +97,29 @@ def quick_plan(work: Path) -> list[tuple[str, str, dict, str]]:
 
 
 class Store:
-    """Finished runs, one JSON file: what each job logged (per-step curves left out) and its wall time."""
+    """Finished runs: what each job logged (per-step curves left out) and its wall time, one JSON file
+    per lane (``store-<lane>.json``) so that lanes never write the same file; reads see every lane's."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.runs: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+    def __init__(self, folder: Path, lane: str) -> None:
+        self.folder, self.path = folder, folder / f"store-{lane}.json"
+        self.runs: dict[str, dict] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        for path in sorted(self.folder.glob("store-*.json")):
+            self.runs.update(json.loads(path.read_text()))
 
     def add(self, key: str, job, seconds: float) -> None:
         metrics = [[m.name, m.value, m.slice, m.step] for m in job.metrics if not m.name.endswith(DROP)]
+        self.reload()
         self.runs[key] = {"job_id": job.job_id, "initiative": job.initiative, "params": job.params,
-                          "artifacts": job.artifacts, "metrics": metrics, "warnings": job.warnings, "seconds": seconds}
-        self.path.write_text(json.dumps(self.runs))
+                          "artifacts": job.artifacts, "metrics": metrics, "warnings": job.warnings, "seconds": seconds,
+                          "threads": _threads()}
+        mine = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        mine[key] = self.runs[key]
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(mine))
+        partial.replace(self.path)
 
     def prior(self, key: str):
         """The finished run as the ledger would hand it to a later job."""
@@ -164,10 +175,15 @@ def finished(store: Store, prefix: str) -> list[dict]:
 # ---- the report -----------------------------------------------------------------------------------
 
 def baseline_table(store: Store) -> list[str]:
+    from worker.initiatives.baseline import Params
+
+    new = Params()
+    labels = {"old": f"old: {OLD['steps']} steps, lr {OLD['lr']:g}",
+              "new": f"new: ≤ {new.epochs} epochs, lr {new.lr:g}, patience {new.patience}"}
     lines = ["| data | defaults | seeds | test accuracy (%) | test macro-F1 (%) | epochs run | stopped early | wall per run | $ per run |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for variant in ("10shot", "full"):
-        for name, label in (("old", "old: 600 steps, lr 1e-4"), ("new", "new: early stopping")):
+        for name, label in labels.items():
             runs = finished(store, f"{variant}/{name}/")
             if not runs:
                 continue
@@ -249,18 +265,17 @@ def arm_lines(store: Store, prefix: str) -> list[str]:
 
 def report(store: Store, quick: bool) -> str:
     """The markdown section, from whatever has finished so far."""
-    from bench.ml_loop import _threads
-
     total = sum(r["seconds"] for r in store.runs.values())
     seeds_full = sorted({r["params"]["seed"] for k, r in store.runs.items() if k.startswith("full/new/")})
     lines = [
         ("**Quick smoke run: a tiny BERT, one seed; the numbers mean nothing.** " if quick else "")
         + "CLINC150 (150 intents; `full` has 100 training rows per intent, `10shot` the same 10 per intent for every "
         "seed; both validate on the 3,000 `full` validation rows and test on the 4,500 test rows), "
-        f"{'a tiny BERT' if quick else 'pretrained MiniLM-L6'}, {platform.machine()} CPU, {_threads()} torch threads, "
-        "on 2 cores shared with other engineers' benchmarks and tests (wall times carry their load); "
+        f"{'a tiny BERT' if quick else 'pretrained MiniLM-L6'}, {platform.machine()} CPU, two runs at a time with "
+        f"{_threads()} torch thread each, on 2 cores shared with other engineers' benchmarks and tests (wall times "
+        "carry their load); "
         f"{date.today().isoformat()}. Dollars: wall time at ${PRICE_PER_HOUR:.2f}/hour. "
-        "Re-run: `python -m bench.answers` (resumes from `.budgetq/bench-answers`).",
+        "Re-run: `python -m bench.answers --lane a` and `--lane b` side by side (each resumes from `.budgetq/bench-answers`).",
         "",
         "Which split decides what: training stops and keeps its weights on **validation** macro-F1; augment ranks its "
         "targets on **validation**; every number below is **test**, read once per final model (the baseline, and "
@@ -318,20 +333,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run: tiny BERT, one seed")
     parser.add_argument("--domains", action="store_true", help="also augment full CLINC150 by domain (one seed)")
     parser.add_argument("--work", type=Path, default=REPO / ".budgetq" / "bench-answers")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lane", choices=("a", "b"), default="a", help="which of the two lanes of runs to run")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="rewrite the section from the finished runs, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work / ("quick" if args.quick else "runs")
     work.mkdir(parents=True, exist_ok=True)
-    store = Store(work / "store.json")
-    runs = quick_plan(work) if args.quick else plan(SEEDS, args.domains)
+    store = Store(work, args.lane)
+    runs = quick_plan(work) if args.quick else plan(SEEDS, args.domains)[args.lane]
     title = "ML answers: training defaults and honest gains" + (" (quick smoke run)" if args.quick else "")
 
     def publish() -> None:
         from bench.common import write_section
 
         if not args.quick:
+            store.reload()  # the other lane's runs too
             write_section(title, report(store, args.quick))
 
     if not args.report_only:

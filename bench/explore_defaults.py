@@ -108,7 +108,7 @@ def chosen() -> list[str]:
     from worker.initiatives.baseline import Params
 
     d = Params()
-    return [f"Chosen (baseline's `Params`, shared by curriculum; distill and augment keep their own rates): lr {d.lr:g}, "
+    return [f"Chosen (baseline's `Params`; augment, curriculum and distill share the schedule, with their own rates): lr {d.lr:g}, "
             f"batch {d.batch_size}, cap {d.epochs} epochs, validation once per epoch (eval_every {d.eval_every}: "
             f"automatic), patience {d.patience}, min_delta {d.min_delta:g}, warmup {d.warmup_ratio:.0%} of the cap but "
             "at most one epoch. The new-default runs in the section \"ML answers\" show where they stop."]
