@@ -88,7 +88,7 @@ def report(work: Path = WORK) -> str:
         config = json.loads((folder / "config.json").read_text())
         curve = [json.loads(line) for line in (folder / "curve.jsonl").read_text().splitlines()]
         cells = ", ".join(f"{p['epoch']:.1f}: {p['val_macro_f1']:.3f}" for p in curve)
-        lines += [f"**{config['variant']}, lr {config['lr']:g}, cap {config['epochs']} epochs** "
+        lines += [f"**{config['variant']}, lr {_rate(config['lr'])}, cap {config['epochs']} epochs** "
                   f"({config['per_epoch']} steps an epoch, validation every {config['eval_every']} steps; "
                   f"{curve[-1]['wall_s'] / 60:.0f} min for {curve[-1]['epoch']:.1f} epochs on 1 thread, beside other runs): "
                   f"epoch: val macro-F1 {cells}.", ""]
@@ -103,13 +103,17 @@ def report(work: Path = WORK) -> str:
     return "\n".join(lines + chosen())
 
 
+def _rate(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")  # 0.0002 -> 2e-4
+
+
 def chosen() -> list[str]:
     """The defaults baseline ships with, read from its ``Params``."""
     from worker.initiatives.baseline import Params
 
     d = Params()
-    return [f"Chosen (baseline's `Params`; augment, curriculum and distill share the schedule, with their own rates): lr {d.lr:g}, "
-            f"batch {d.batch_size}, cap {d.epochs} epochs, validation once per epoch (eval_every {d.eval_every}: "
+    return [f"Chosen (baseline's `Params`; augment, curriculum and distill share the schedule, with their own rates): "
+            f"lr {_rate(d.lr)}, batch {d.batch_size}, cap {d.epochs} epochs, validation once per epoch (eval_every {d.eval_every}: "
             f"automatic), patience {d.patience}, min_delta {d.min_delta:g}, warmup {d.warmup_ratio:.0%} of the cap but "
             "at most one epoch. The new-default runs in the section \"ML answers\" show where they stop."]
 
