@@ -16,7 +16,10 @@ $1.00 an hour. Three questions:
 Selection never reads test: baselines keep their best validation step, augment ranks its targets on
 validation and early-stops its arms there; each final model is scored on test once. Every finished
 run is kept in ``--work`` (default ``.budgetq/bench-answers``), so a stopped benchmark resumes where it
-was, and the section is rewritten after every run.
+was, and the section is rewritten after every run. Two processes (``--lane``) share the list, each
+taking the next run nobody has claimed whose model job has finished; each uses one torch thread,
+because on cores shared with other work two OpenMP threads of one process wait on each other
+whenever either is descheduled.
 
     python -m bench.answers --lane a & python -m bench.answers --lane b    # hours on 2 shared CPU cores
     python -m bench.answers --quick    # a few minutes' smoke run: a tiny BERT, one seed (numbers meaningless)
@@ -50,21 +53,19 @@ DATA = {"10shot": {"dataset": "clinc150", "variant": "10shot", "slice_column": "
 DROP = (".loss", ".lr")  # per-step curves are not kept in the store: the report does not use them
 
 
-def plan(seeds, domains: bool) -> dict[str, list[tuple[str, str, dict, str]]]:
-    """Two lanes of (key, initiative, params, key of the model job), each in run order, what the report
-    needs most first. Two single-threaded lanes, not one with two threads: on cores shared with other
-    work, OpenMP threads wait on each other whenever one of them is descheduled."""
+def plan(seeds, domains: bool) -> list[tuple[str, str, dict, str]]:
+    """(key, initiative, params, key of the model job) in priority order: every 10shot baseline, one augment
+    and one full pair first (the longest, full with early stopping, early enough to finish), then the rest."""
     first, rest = seeds[0], seeds[1:]
     new = [(f"10shot/new/{s}", "baseline", {**DATA["10shot"], "seed": s}, "") for s in seeds]
     old = [(f"10shot/old/{s}", "baseline", {**DATA["10shot"], **OLD, "seed": s}, "") for s in seeds]
-    lanes = {"a": [new[0], _augment(first), *new[1:], *[_augment(s) for s in rest]],
-             "b": [*old, *_full_pair(first)]}
-    for seed in rest:
-        lanes["b" if seed == rest[0] else "a"] += _full_pair(seed)
+    full_old, full_new = _full_pair(first)
+    runs = [new[0], old[0], _augment(first), *old[1:2], full_new, *new[1:2], *old[2:], *new[2:], full_old]
+    runs += [_augment(seed) for seed in rest] + [run for seed in rest for run in _full_pair(seed)]
     if domains:
-        lanes["a"] += [(f"domain/new/{first}", "baseline", {**DATA["full"], "slice_column": "domain", "seed": first}, ""),
-                       (f"domain/augment/{first}", "augment", {"seed": first}, f"domain/new/{first}")]
-    return lanes
+        runs += [(f"domain/new/{first}", "baseline", {**DATA["full"], "slice_column": "domain", "seed": first}, ""),
+                 (f"domain/augment/{first}", "augment", {"seed": first}, f"domain/new/{first}")]
+    return runs
 
 
 def _augment(seed: int) -> tuple[str, str, dict, str]:
@@ -86,8 +87,7 @@ def quick_plan(work: Path) -> list[tuple[str, str, dict, str]]:
         build_tiny_bert(load_dataset("clinc150", variant="full").train.texts, tiny, hidden=32, layers=1, vocab_size=2000)
     quick = {"model": str(tiny), "lr": 5e-3, "latency_samples": 3}
     runs = []
-    lanes = plan((0,), domains=False)
-    for key, initiative, params, after in lanes["a"] + lanes["b"]:
+    for key, initiative, params, after in plan((0,), domains=False):
         if initiative == "baseline":
             params = {**params, **quick, **({"steps": 20} if "/old/" in key else {"epochs": 3})}
         else:
@@ -130,12 +130,20 @@ class Store:
                            tuple(MetricRow(*m) for m in run["metrics"]), run["artifacts"])
 
 
-def run_all(runs, store: Store, work: Path, on_progress) -> None:
-    """Run every job not yet in the store, in order; call ``on_progress`` after each."""
+def run_all(runs, store: Store, work: Path, lane: str, on_progress) -> None:
+    """Run jobs in order until none is left, taking each run that no other lane has claimed and whose
+    model job has finished; call ``on_progress`` after each. Two lanes share the list this way."""
     context = _context_module()
-    for key, initiative, params, after in runs:
-        if key in store.runs:
+    while True:
+        store.reload()
+        run = _next_run(runs, store, work, lane)
+        if run is None:
+            pending = [key for key, *_ in runs if key not in store.runs]
+            if not any(_claimed_by(work, key) in (None, lane) for key in pending):
+                return  # what is left belongs to the other lane
+            time.sleep(60)  # waiting for a model job the other lane is training
             continue
+        key, initiative, params, after = run
         history = [store.prior(after)] if after else []
         if after:
             params = {**params, "model_job": store.runs[after]["job_id"]}
@@ -145,6 +153,32 @@ def run_all(runs, store: Store, work: Path, on_progress) -> None:
         store.add(key, job, time.perf_counter() - start)
         print(f"{time.strftime('%H:%M:%S')} {key}: {store.runs[key]['seconds'] / 60:.1f} min", file=sys.stderr, flush=True)
         on_progress()
+
+
+def _next_run(runs, store: Store, work: Path, lane: str):
+    """The first unfinished run whose model job has finished and that this lane could claim, or None."""
+    for run in runs:
+        key, _, _, after = run
+        if key not in store.runs and (not after or after in store.runs) and _claim(work, key, lane):
+            return run
+    return None
+
+
+def _claim(work: Path, key: str, lane: str) -> bool:
+    """Claim ``key`` for ``lane`` (creating the claim file atomically); True if it is this lane's."""
+    path = work / "claims" / key.replace("/", "-")
+    path.parent.mkdir(exist_ok=True)
+    try:
+        with path.open("x") as claim:
+            claim.write(lane)
+    except FileExistsError:
+        pass
+    return path.read_text() == lane
+
+
+def _claimed_by(work: Path, key: str):
+    path = work / "claims" / key.replace("/", "-")
+    return path.read_text() if path.is_file() else None
 
 
 # ---- reading the store ---------------------------------------------------------------------------
@@ -333,7 +367,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short smoke run: tiny BERT, one seed")
     parser.add_argument("--domains", action="store_true", help="also augment full CLINC150 by domain (one seed)")
     parser.add_argument("--work", type=Path, default=REPO / ".budgetq" / "bench-answers")
-    parser.add_argument("--lane", choices=("a", "b"), default="a", help="which of the two lanes of runs to run")
+    parser.add_argument("--lane", default="a", help="this process's name; lanes side by side share the runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report-only", action="store_true", help="rewrite the section from the finished runs, run nothing")
     args = parser.parse_args()
@@ -341,7 +375,7 @@ def main() -> None:
     work = args.work / ("quick" if args.quick else "runs")
     work.mkdir(parents=True, exist_ok=True)
     store = Store(work, args.lane)
-    runs = quick_plan(work) if args.quick else plan(SEEDS, args.domains)[args.lane]
+    runs = quick_plan(work) if args.quick else plan(SEEDS, args.domains)
     title = "ML answers: training defaults and honest gains" + (" (quick smoke run)" if args.quick else "")
 
     def publish() -> None:
@@ -352,7 +386,7 @@ def main() -> None:
             write_section(title, report(store, args.quick))
 
     if not args.report_only:
-        run_all(runs, store, work, publish)
+        run_all(runs, store, work, args.lane, publish)
     publish()
     print(report(store, args.quick))
 
