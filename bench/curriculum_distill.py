@@ -4,7 +4,7 @@ Curriculum: uniform shuffling, the loss curriculum and the random-curriculum con
 pretrained MiniLM for the same steps; the section reports steps to several validation-accuracy
 targets (read off each arm's validation curve), final test accuracy and macro-F1, and wall time.
 Distillation: the curriculum job's stored model teaches a student (fewer layers, pruned vocabulary),
-trained one epoch on a stratified 10% sample; teacher and student are measured in the same run.
+trained on a stratified 10% sample to a validation plateau; teacher and student are measured in the same run.
 
 A subset (``--domains`` of CLINC150's ten domains, ``small`` variant) keeps the run near 15 minutes
 on 2 shared CPU cores; the jobs run in process through the tests' ``InProcessContext``.
@@ -100,7 +100,8 @@ def distill_lines(job) -> list[str]:
     lines += ["", "Per-domain F1 (teacher -> student): " + ", ".join(f"{d} {teacher_f1[d]:.3f} -> {student_f1[d]:.3f}" for d in sorted(student_f1)),
               "", (f"size_ratio {value(job, 'size_ratio'):.2f}x smaller, throughput_ratio {value(job, 'throughput_ratio'):.2f}x "
                    f"(**improvement**), accuracy_retained {value(job, 'accuracy_retained'):.1%}; "
-                   f"trained on {value(job, 'distill.train_rows'):.0f} rows (one epoch).")]
+                   f"trained on {value(job, 'distill.train_rows'):.0f} rows ({value(job, 'distill.epochs_run'):.1f} epochs, "
+                   f"early stopping on validation macro-F1).")]
     if "speed.int8.throughput_per_s" in names:
         lines.append(f"int8 student: {value(job, 'speed.int8.throughput_per_s') / value(job, 'speed.teacher.throughput_per_s'):.2f}x the teacher's "
                      f"throughput at {value(job, 'int8.accuracy') / value(job, 'teacher.accuracy'):.1%} of its accuracy.")

@@ -2,7 +2,8 @@
 
 The k weakest slices come from the latest robustness report on the same model (``weakness_rank``),
 else from the model's own scores on the validation split (lowest slice F1; the test split is never
-used to choose); they are never picked by hand. Training texts of those slices get nlpaug variants;
+used to choose); they are never picked by hand. Training texts of those slices get nlpaug variants
+from every listed augmenter (none is chosen over another, so no choice could peek at test);
 near-duplicates of anything already in the training set are dropped. Two arms continue training
 from the stored model: ``control`` on the original data, ``augmented`` on original plus variants.
 Both share one step cap (``epochs`` over the augmented data, or ``steps`` exactly), one validation

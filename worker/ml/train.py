@@ -146,6 +146,7 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     macro_f1)`` after each validation.
     """
     seed_everything(cfg.seed)
+    val = val if val and len(val[0]) else None  # an empty validation split validates nothing
     plan = Plan.of(cfg, len(texts), len(val[0]) if val else 0)
     loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
     # Each saved checkpoint is handed to the context, which makes it durable (object storage).
@@ -176,19 +177,18 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
 
 def _validate(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
     """Score the validation split, log it, and let early stopping see the macro-F1."""
-    from worker.ml.evaluate import infer, macro_f1
+    from worker.ml.evaluate import accuracy, infer, macro_f1
 
     texts, truth = val
     predicted = infer(loop.model, loop.tokenizer, texts, max_length=loop.cfg.max_length).predictions()
     loop.model.train()  # infer switched to eval mode; training goes on after this
-    accuracy = sum(int(p == t) for p, t in zip(predicted, truth)) / len(truth)
-    f1 = macro_f1(truth, predicted)
-    ctx.log_metric(f"{run}.val_accuracy", accuracy, step=step)
+    right, f1 = accuracy(truth, predicted), macro_f1(truth, predicted)
+    ctx.log_metric(f"{run}.val_accuracy", right, step=step)
     ctx.log_metric(f"{run}.val_macro_f1", f1, step=step)
     if loop.plan.early_stopping:
         loop.early.observe(step, f1, loop.model)
     if on_eval is not None:
-        on_eval(step, accuracy, f1)
+        on_eval(step, right, f1)
 
 
 def _finish(ctx: Any, loop: "_Loop", result: TrainResult, run: str, rows: int) -> TrainResult:
