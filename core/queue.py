@@ -27,7 +27,7 @@ from core import transports
 from core.broker import in_flight
 from core.errors import BackendUnavailable
 from core.settings import Settings, current_settings, mask_url
-from models import ledger
+from models import endings, ledger
 from models.db import Ledger
 from models.views import Closed, Ready
 
@@ -155,7 +155,7 @@ def reap(store: Ledger, *, resend_after_seconds: float, queues: Sequence[str] | 
     Returns ``(closed attempts, ids published)``.
     """
     with store.session() as s:
-        closed = ledger.reap_expired(s)
+        closed = endings.reap_expired(s)
     requeued = [c.job_id for c in closed if c.status == "requeued"]
     with store.session() as s:
         ready = ledger.ready_to_publish(s, job_ids=requeued) if requeued else []

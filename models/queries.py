@@ -6,7 +6,7 @@ Nothing here writes; every state change lives in ``models.ledger``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Optional
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -15,14 +15,17 @@ from core.errors import NotFound
 from core.status import FINAL_STATUSES
 from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, JobNote, LedgerEntry, Metric, Preemption, RejectedMessage
 from models.views import (
+    ArtifactRow,
     AuditProblem,
     BudgetView,
+    FailureView,
     ImprovementRow,
     JobView,
+    MetricView,
     PreemptionSummary,
     RejectedView,
-    _budget_view,
-    _job_view,
+    budget_view,
+    job_view,
 )
 
 _FINAL = tuple(s.value for s in FINAL_STATUSES)
@@ -32,11 +35,11 @@ def get_budget(s: Session, *, name: str) -> BudgetView:
     row = s.scalars(select(Budget).where(Budget.name == name)).one_or_none()
     if row is None:
         raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
-    return _budget_view(row)
+    return budget_view(row)
 
 
 def list_budgets(s: Session) -> list[BudgetView]:
-    return [_budget_view(b) for b in s.scalars(select(Budget).order_by(Budget.name))]
+    return [budget_view(b) for b in s.scalars(select(Budget).order_by(Budget.name))]
 
 
 def get_job(s: Session, *, job_id: str) -> JobView:
@@ -46,7 +49,7 @@ def get_job(s: Session, *, job_id: str) -> JobView:
     if row is None:
         raise NotFound(f"no job {job_id!r}; list jobs with `budgetq jobs list`")
     after = tuple(s.scalars(select(JobDependency.after_job_id).where(JobDependency.job_id == job_id)))
-    return _job_view(row[0], row[1], after)
+    return job_view(row[0], row[1], after)
 
 
 def list_jobs(
@@ -60,12 +63,15 @@ def list_jobs(
     if initiative:
         query = query.where(Job.initiative == initiative)
     rows = s.execute(query.order_by(Job.created_at.desc(), Job.rank).limit(limit)).all()
-    return [_job_view(job, name, ()) for job, name in rows]
+    return [job_view(job, name, ()) for job, name in rows]
 
 
-def job_results(s: Session, *, job_id: str) -> tuple[list[Metric], list[Artifact]]:
-    metrics = list(s.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)))
-    artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.id)))
+def job_results(s: Session, *, job_id: str) -> tuple[list[MetricView], list[ArtifactRow]]:
+    """A job's metrics in the order logged, and its artifacts."""
+    metrics = [MetricView(*row) for row in s.execute(
+        select(Metric.name, Metric.value, Metric.slice, Metric.step, Metric.attempt).where(Metric.job_id == job_id).order_by(Metric.id))]
+    artifacts = [ArtifactRow(*row) for row in s.execute(
+        select(Artifact.name, Artifact.uri, Artifact.sha256, Artifact.bytes).where(Artifact.job_id == job_id).order_by(Artifact.id))]
     return metrics, artifacts
 
 
@@ -158,18 +164,20 @@ def latest_budget(s: Session) -> Optional[str]:
     return s.scalar(select(Budget.name).order_by(Budget.created_at.desc(), Budget.id.desc()).limit(1))
 
 
-def _job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
+def job_by_key(s: Session, *, budget: str, key: str) -> Optional[JobView]:
     job_id = s.scalar(
         select(Job.id).join(Budget, Budget.id == Job.budget_id).where(Budget.name == budget, Job.idempotency_key == key)
     )
     return None if job_id is None else get_job(s, job_id=job_id)
 
 
-def job_failures(s: Session, *, job_id: str, limit: int = 20) -> tuple[int, list[FailureCase]]:
+def job_failures(s: Session, *, job_id: str, limit: int = 20) -> tuple[int, list[FailureView]]:
     """How many mispredictions a job reported, and the first ``limit`` of them."""
     count = s.scalar(select(func.count()).select_from(FailureCase).where(FailureCase.job_id == job_id)) or 0
-    rows = list(s.scalars(select(FailureCase).where(FailureCase.job_id == job_id).order_by(FailureCase.id).limit(limit)))
-    return count, rows
+    rows = s.execute(
+        select(FailureCase.perturbation, FailureCase.slice, FailureCase.text, FailureCase.expected, FailureCase.predicted)
+        .where(FailureCase.job_id == job_id).order_by(FailureCase.id).limit(limit))
+    return count, [FailureView(*row) for row in rows]
 
 
 def jobs_in_play(s: Session, *, queues: list[str], since: datetime) -> list[JobView]:
@@ -180,7 +188,7 @@ def jobs_in_play(s: Session, *, queues: list[str], since: datetime) -> list[JobV
         .where(Job.queue.in_(queues), or_(Job.status.not_in(_FINAL), Job.finished_at >= since))
         .order_by(Job.created_at, Job.rank)
     ).all()
-    return [_job_view(job, name, ()) for job, name in rows]
+    return [job_view(job, name, ()) for job, name in rows]
 
 
 def job_notes(s: Session, *, job_ids: list[str]) -> dict[str, list[str]]:

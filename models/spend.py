@@ -16,7 +16,7 @@ from sqlalchemy import DateTime, Integer, String, and_, bindparam, exists, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core.errors import BudgetExhausted, InvalidInput, NotFound
+from core.errors import BudgetExhausted, InvalidInput
 from core.money import MAX_DOLLARS, MICROS_PER_DOLLAR, format_micros
 from core.status import JobStatus
 from models.queries import get_budget, get_job

@@ -83,6 +83,28 @@ class ArtifactRow:
 
 
 @dataclass(frozen=True)
+class MetricView:
+    """One logged metric as read back: which attempt logged it, under which slice and step."""
+
+    name: str
+    value: float
+    slice: Optional[str]
+    step: Optional[int]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class FailureView:
+    """One misprediction a job reported."""
+
+    perturbation: str
+    slice: Optional[str]
+    text: str
+    expected: str
+    predicted: str
+
+
+@dataclass(frozen=True)
 class Closed:
     """The outcome of closing an attempt: what it charged, what it released, where the job went."""
 
@@ -170,11 +192,11 @@ class ImprovementRow:
     metrics: dict[str, float]
 
 
-def _budget_view(b: Budget) -> BudgetView:
+def budget_view(b: Budget) -> BudgetView:
     return BudgetView(b.id, b.name, b.total_micros, b.spent_micros, b.reserved_micros)
 
 
-def _job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
+def job_view(j: Job, budget_name: str, after: tuple[str, ...]) -> JobView:
     return JobView(
         id=j.id, budget=budget_name, initiative=j.initiative, queue=j.queue, params=dict(j.params), status=j.status,
         rank=j.rank, estimate_micros=j.estimate_micros, reserved_micros=j.reserved_micros,

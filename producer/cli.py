@@ -18,7 +18,7 @@ try:  # typer 0.2x vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from models import ledger, queries, spend
+from models import endings, ledger, queries, spend
 from models.db import Ledger
 from core.errors import BackendUnavailable, BudgetqError, ConfigError, InvalidInput, NotFound
 from core.limits import check_name
@@ -313,7 +313,7 @@ def jobs_cancel(job_id: str, as_json: bool = JSON) -> None:
     """Cancel a job: a queued one releases its reservation; a running one is told to stop."""
     _, store = _open()
     with store.session() as s:
-        job = ledger.cancel_job(s, job_id=job_id)
+        job = endings.cancel_job(s, job_id=job_id)
     if as_json:
         emit_json(render.job_json(job))
     elif job.status == "running":

@@ -48,3 +48,14 @@ def test_specs_import_neither_torch_nor_celery():
         if any(m.split(".")[0] in {"torch", "transformers", "celery", "kombu", "worker"} for m in imported_modules(path))
     ]
     assert offenders == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    ours = set(SOURCE_PACKAGES)
+    offenders = []
+    for package in SOURCE_PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ours:
+                    offenders += [f"{path.relative_to(REPO)}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert offenders == []

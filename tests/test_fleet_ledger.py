@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from core.status import JobStatus, Stop, StopReason
-from models import ledger, queries, views
+from models import endings, fleet, ledger, queries, views
 from models.schema import Job, Preemption, WorkerRow
 from tests.test_ledger import admit, assert_audit_clean, budget, claim, funded  # noqa: F401 - funded is a fixture
 
@@ -27,7 +27,7 @@ def get(store, job):
 
 def reap(store, *, after_seconds=31):
     with store.session() as s:
-        return ledger.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=after_seconds))
+        return endings.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=after_seconds))
 
 
 def test_a_preempted_attempt_is_charged_its_time_requeued_and_costs_no_attempt(funded):
@@ -68,7 +68,7 @@ def test_the_reaper_closes_each_expired_attempt_as_what_it_was(funded):
     for job in (cancelled, spent, lost):
         claim(funded, job)
     with funded.session() as s:
-        ledger.cancel_job(s, job_id=cancelled.id)
+        endings.cancel_job(s, job_id=cancelled.id)
         ledger.heartbeat(s, job_id=spent.id, attempt=1, worker="w1", metered_micros=50_000, lease_seconds=30)
         ledger.heartbeat(s, job_id=lost.id, attempt=1, worker="w1", metered_micros=1_000, lease_seconds=30)
     outcome = {c.job_id: c.status for c in reap(funded)}
@@ -81,7 +81,7 @@ def test_the_reaper_closes_each_expired_attempt_as_what_it_was(funded):
 def test_an_attempt_killed_before_its_first_heartbeat_is_charged_to_its_workers_last_sign_of_life(funded):
     # $3.60/hour on one slot is 1000 micro-dollars a second.
     with funded.session() as s:
-        ledger.register_worker(s, name="w1", host="h", price_micros_per_hour=3_600_000, spot=True, instance_type="x", slots=1)
+        fleet.register_worker(s, name="w1", host="h", price_micros_per_hour=3_600_000, spot=True, instance_type="x", slots=1)
     job = admit(funded, estimate=100_000)
     claim(funded, job)
     started = get(funded, job).started_at
@@ -95,7 +95,7 @@ def test_an_attempt_killed_before_its_first_heartbeat_is_charged_to_its_workers_
 
 def test_a_reaped_attempt_pays_at_most_up_to_its_lease(funded):
     with funded.session() as s:
-        ledger.register_worker(s, name="w1", host="h", price_micros_per_hour=3_600_000, spot=True, instance_type="x", slots=2)
+        fleet.register_worker(s, name="w1", host="h", price_micros_per_hour=3_600_000, spot=True, instance_type="x", slots=2)
     job = admit(funded, estimate=100_000)
     claim(funded, job)
     view = get(funded, job)
@@ -111,13 +111,13 @@ def test_a_heartbeat_passes_on_a_preemption_notice_and_records_the_checkpoint_co
     job = admit(funded, estimate=50_000)
     claim(funded, job, worker="spot-1")
     with funded.session() as s:
-        assert ledger.request_preemption(s, worker="spot-1") == 1
+        assert fleet.request_preemption(s, worker="spot-1") == 1
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="spot-1", metered_micros=900, lease_seconds=30,
                                 checkpoint_micros=600)
     assert beat == views.Beat(StopReason.PREEMPTION)
     with funded.session() as s:
         assert s.scalar(select(Job.checkpoint_micros).where(Job.id == job.id)) == 600
-        ledger.cancel_job(s, job_id=job.id)
+        endings.cancel_job(s, job_id=job.id)
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="spot-1", metered_micros=950, lease_seconds=30)
     assert beat == views.Beat(StopReason.CANCEL)  # a cancel outranks the preemption
 
@@ -125,13 +125,13 @@ def test_a_heartbeat_passes_on_a_preemption_notice_and_records_the_checkpoint_co
 def test_one_worker_at_a_time_holds_the_upkeep_lease(funded):
     def take(holder, seconds=30.0):
         with funded.session() as s:
-            return ledger.acquire_lease(s, name="upkeep", holder=holder, seconds=seconds)
+            return fleet.acquire_lease(s, name="upkeep", holder=holder, seconds=seconds)
 
     assert take("w1", seconds=0.2) and not take("w2") and take("w1", seconds=0.2)  # held, then renewed
     time.sleep(0.3)
     assert take("w2") and not take("w1")  # expired: the next worker takes over
     with funded.session() as s:
-        ledger.release_lease(s, name="upkeep", holder="w2")
+        fleet.release_lease(s, name="upkeep", holder="w2")
     assert take("w1")
 
 
@@ -142,7 +142,7 @@ def test_every_publish_is_counted_and_rejected_messages_are_kept(funded):
             ledger.mark_published(s, job_ids=[job.id])
     with funded.session() as s:
         assert s.scalar(select(Job.publications).where(Job.id == job.id)) == 3
-        ledger.record_rejected(s, rows=[dict(received_at=ledger.utcnow(), worker="w1", queue="calibrate", task="x",
+        fleet.record_rejected(s, rows=[dict(received_at=ledger.utcnow(), worker="w1", queue="calibrate", task="x",
                                              message_id="m1", content_type="application/x-python-serialize", bytes=12,
                                              reason="content type is not application/json", excerpt="b'\\x80\\x04'")])
     with funded.session() as s:

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from models import ledger, queries, views
+from models import endings, ledger, queries, views
 from core.errors import BudgetExhausted, ClaimRefused, LeaseLost, NotFound
 from core.status import StopReason
 from models.schema import Budget, LedgerEntry
@@ -117,8 +117,8 @@ def test_an_expired_lease_is_charged_to_its_last_heartbeat_and_requeued(funded):
     with funded.session() as s:
         ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=12_345, lease_seconds=30)
     with funded.session() as s:
-        assert ledger.reap_expired(s) == []  # the lease still holds
-        reaped = ledger.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=31))
+        assert endings.reap_expired(s) == []  # the lease still holds
+        reaped = endings.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=31))
     assert [(r.status, r.charge_micros, r.release_micros) for r in reaped] == [("requeued", 12_345, 0)]
     with pytest.raises(LeaseLost):
         settle(funded, job, cost=20_000)  # the dead worker's late settlement moves no money
@@ -134,7 +134,7 @@ def test_the_last_attempt_fails_when_its_lease_expires(funded):
     job = admit(funded, max_attempts=1)
     claim(funded, job)
     with funded.session() as s:
-        (reaped,) = ledger.reap_expired(s, now=ledger.utcnow() + timedelta(hours=1))
+        (reaped,) = endings.reap_expired(s, now=ledger.utcnow() + timedelta(hours=1))
     assert reaped.status == "failed"
     assert budget(funded).reserved_micros == 0
 
@@ -143,7 +143,7 @@ def test_cancelling_a_queued_job_releases_it_and_its_dependents(funded):
     first = admit(funded)
     second = admit(funded, after=[first.id])
     with funded.session() as s:
-        assert ledger.cancel_job(s, job_id=first.id).status == "cancelled"
+        assert endings.cancel_job(s, job_id=first.id).status == "cancelled"
         assert queries.get_job(s, job_id=second.id).status == "cancelled"
     assert budget(funded).reserved_micros == 0
     assert_audit_clean(funded)
@@ -165,7 +165,7 @@ def test_cancelling_a_running_job_tells_its_heartbeat_to_stop(funded):
     job = admit(funded)
     claim(funded, job)
     with funded.session() as s:
-        assert ledger.cancel_job(s, job_id=job.id).status == "running"
+        assert endings.cancel_job(s, job_id=job.id).status == "running"
         beat = ledger.heartbeat(s, job_id=job.id, attempt=1, worker="w1", metered_micros=1, lease_seconds=30)
     assert beat == views.Beat(StopReason.CANCEL)
 

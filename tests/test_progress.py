@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from models import ledger, queries
+from models import endings, ledger, queries
 from models.views import Claim
 from worker.display import outcome_line, read_snapshot, render
 from worker.runtime import ProgressLog
@@ -43,7 +43,7 @@ def test_the_heartbeat_carries_the_payloads_progress_to_the_job_row_and_a_new_at
     with store.session() as s:  # the worker dies: its last beat left a lease already run out
         ledger.heartbeat(s, job_id=claim.job_id, attempt=1, worker="w1", metered_micros=13_000, lease_seconds=-1, progress=report)
     with store.session() as s:
-        ledger.reap_expired(s)  # the lease ran out: the job is requeued
+        endings.reap_expired(s)  # the lease ran out: the job is requeued
     with store.session() as s:
         ledger.claim_job(s, job_id=claim.job_id, worker="w2", lease_seconds=30)
         assert queries.get_job(s, job_id=claim.job_id).progress is None

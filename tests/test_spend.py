@@ -10,7 +10,7 @@ from sqlalchemy import event, func, select
 
 from core.errors import BudgetExhausted, InvalidInput, NotFound
 from core.money import format_share, parse_share
-from models import ledger, queries, spend
+from models import endings, ledger, queries, spend
 from models.history import CostPoint
 from models.schema import BudgetEvent, LedgerEntry
 from models.views import Usage
@@ -185,7 +185,7 @@ def test_a_reaped_attempt_crosses_thresholds_too_and_a_threshold_set_after_the_f
     with funded.session() as s:
         ledger.heartbeat(s, job_id=j.id, attempt=1, worker="w1", metered_micros=200_000, lease_seconds=30)
     with funded.session() as s:
-        (reaped,) = ledger.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=31))
+        (reaped,) = endings.reap_expired(s, now=ledger.utcnow() + timedelta(seconds=31))
     assert [e.threshold for e in reaped.crossed] == ["10%"]
     with funded.session() as s:
         late = spend.set_thresholds(s, budget="b", thresholds_ppm=[100_000, 150_000, 900_000])

@@ -28,7 +28,7 @@ from celery.worker.consumer import Consumer
 
 from core import transports
 from core.queue import RECONNECT_BACKOFF_MAX_SECONDS, RUN_JOB
-from models import ledger
+from models import fleet
 from models.db import Ledger
 from models.ledger import utcnow
 
@@ -146,7 +146,7 @@ class Rejections(threading.Thread):
     def _write(self, rows: list[dict[str, Any]]) -> bool:
         try:
             with self.store.session() as s:
-                ledger.record_rejected(s, rows=rows)
+                fleet.record_rejected(s, rows=rows)
             return True
         except Exception as exc:  # noqa: BLE001 - kept and retried in a second
             log.warning("could not record %d rejected message(s) yet: %s", len(rows), exc)

@@ -35,7 +35,7 @@ import specs
 from core.errors import BackendUnavailable, WorkerStopped
 from core.queue import default_app, missing_messages, publish_after_commit
 from core.settings import PasswordMask, Settings
-from models import ledger, queries
+from models import endings, fleet, ledger, queries
 from models.db import Ledger
 from worker import guard, preemption
 from worker.runtime import configure as configure_runtime
@@ -121,7 +121,7 @@ def _register(store: Ledger, settings: Settings, *, slots: int) -> None:
         try:
             store.require_head()
             with store.session() as s:
-                ledger.register_worker(
+                fleet.register_worker(
                     s, name=settings.worker_name, host=socket.gethostname(), price_micros_per_hour=settings.price_micros_per_hour,
                     spot=settings.spot, instance_type=settings.instance_type, slots=slots,
                 )
@@ -174,7 +174,7 @@ class Exit:
 
     def _mark_ledger(self) -> int:
         with self.store.session() as s:
-            return ledger.request_preemption(s, worker=self.settings.worker_name)
+            return fleet.request_preemption(s, worker=self.settings.worker_name)
 
     def check(self) -> None:
         """Raise ``WorkerStopped`` unless the shutdown was requested and clean."""
@@ -255,7 +255,7 @@ class Upkeep(threading.Thread):
 
     def _touch(self) -> None:
         with self.store.session() as s:
-            ledger.touch_worker(s, name=self.settings.worker_name)
+            fleet.touch_worker(s, name=self.settings.worker_name)
         if self._db_up_since is None:
             self._db_up_since = time.monotonic()
 
@@ -292,7 +292,7 @@ class Upkeep(threading.Thread):
     def _lead(self) -> bool:
         """Hold (take or renew) the fleet's upkeep lease: one worker reaps and re-publishes at a time."""
         with self.store.session() as s:
-            leading = ledger.acquire_lease(s, name=UPKEEP_LEASE, holder=self.settings.worker_name,
+            leading = fleet.acquire_lease(s, name=UPKEEP_LEASE, holder=self.settings.worker_name,
                                            seconds=max(3 * self.interval, self.settings.lease_seconds))
         if leading != self._leading:
             log.info("upkeep: %s the fleet's upkeep leader", "now" if leading else "no longer")
@@ -305,7 +305,7 @@ class Upkeep(threading.Thread):
         if time.monotonic() - (self._db_up_since or time.monotonic()) < self.settings.lease_seconds:
             return
         with self.store.session() as s:
-            reaped = ledger.reap_expired(s)
+            reaped = endings.reap_expired(s)
         for closed in reaped:
             log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
             log_crossings(closed)
@@ -357,7 +357,7 @@ class Upkeep(threading.Thread):
         if self._leading:
             try:
                 with self.store.session() as s:
-                    ledger.release_lease(s, name=UPKEEP_LEASE, holder=self.settings.worker_name)
+                    fleet.release_lease(s, name=UPKEEP_LEASE, holder=self.settings.worker_name)
             except Exception:  # noqa: BLE001 - it expires on its own
                 pass
 
