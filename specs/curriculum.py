@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from specs.training import check_schedule
 
 ARMS = ("uniform", "curriculum", "random")
+SAMPLERS = ("rank", "selective")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Params:
     max_length: int = 64
     checkpoint_every: int = 100
     s_max: float = 100.0  # selection pressure: the hardest row is this many times likelier than the easiest
+    sampler: str = "rank"  # rank: annealed rank pressure; selective: loss percentile ** beta, constant
+    beta: float = 2.0  # the selective sampler's exponent (0 is uniform)
     anneal: str = "linear"  # linear or cosine, in log(s), from s_max down to 1
     anneal_fraction: float = 0.5  # share of the steps after which sampling is uniform
     quantile_every: int = 10  # log the loss distribution every this many steps
@@ -43,6 +46,10 @@ class Params:
             raise ValueError("quantile_every must be at least 1")
         if self.s_max < 1:
             raise ValueError("s_max must be at least 1 (1 is uniform sampling)")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0 <= self.beta <= 10:
+            raise ValueError("beta must be between 0 and 10")
         if self.anneal not in ("linear", "cosine"):
             raise ValueError("anneal must be linear or cosine")
         if not 0 < self.anneal_fraction <= 1:

@@ -76,6 +76,33 @@ def test_the_random_control_keeps_the_skew_but_not_the_ranking():
     assert q @ np.arange(100) < p @ np.arange(100) - 10  # ...not aimed at the high-loss rows
 
 
+@settings(max_examples=40, deadline=None)
+@given(losses=losses_strategy, beta=st.floats(0.5, 5.0))
+def test_the_selective_sampler_favours_high_loss_rows_at_every_step_and_never_starves_a_row(losses, beta):
+    sampler = sampler_over(losses, sampler="selective", beta=beta)
+    values = np.asarray(losses)
+    first, last = sampler.probabilities(1), sampler.probabilities(100)
+    assert float(first @ values) > values.mean() + 1e-9  # aimed at the hard rows...
+    assert sorted(first) == pytest.approx(sorted(last))  # ...with no annealing: the same skew throughout
+    assert first.min() > 0 and first.sum() == pytest.approx(1.0)
+    # The highest loss is (N ** beta) times likelier than the lowest: percentile 1 against 1/N.
+    assert first.max() / first.min() == pytest.approx(len(values) ** beta, rel=1e-6)
+
+
+def test_the_selective_sampler_at_beta_zero_is_uniform():
+    p = sampler_over(list(range(50)), sampler="selective", beta=0.0).probabilities(1)
+    assert p == pytest.approx(np.full(50, 1 / 50))
+
+
+@pytest.mark.parametrize("field, value, message", [("sampler", "loss", "sampler must be one of rank, selective"),
+                                                   ("beta", 11.0, "beta must be between 0 and 10")])
+def test_curriculum_params_name_what_is_wrong(field, value, message):
+    from specs.curriculum import Params
+
+    with pytest.raises(ValueError, match=message):
+        Params(**{field: value})
+
+
 @pytest.fixture(scope="module")
 def dataset(clinc_subset):
     from worker.ml.data import load_folder

@@ -3,7 +3,7 @@
 Three arms start from the same pretrained model under the same plan (the same step cap, validation
 cadence and early stopping, or exactly ``steps`` steps each): ``uniform`` (the plain seeded
 shuffle), ``curriculum`` (rank-based selection by each row's latest training loss, see
-``worker.ml.curriculum``) and ``random`` (the same schedule and skew, with the losses shuffled
+``worker.ml.curriculum``; ``sampler: selective`` swaps in the Selective-Backprop-style rule) and ``random`` (the same schedule and skew, with the losses shuffled
 across rows: a control for "any non-uniform sampling helps"). The annealing runs over the step cap.
 Every validation of the training loop (evaluation, not scoring of the training set) also gives the
 arm's steps to ``target_accuracy``. ``improvement`` is curriculum minus uniform test accuracy, in
@@ -55,7 +55,8 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
     if arm != "uniform":
         sampler = CurriculumSampler(table, batch_size=params.batch_size, steps=plan.steps, grad_accum=params.grad_accum,
                                     s_max=params.s_max, anneal=params.anneal, anneal_fraction=params.anneal_fraction,
-                                    seed=params.seed, shuffled=arm == "random")
+                                    seed=params.seed, shuffled=arm == "random",
+                                    sampler=params.sampler, beta=params.beta)
     watch = _Watch(ctx, table, arm, params, plan.steps)
     start = time.perf_counter()
     done = train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), cfg, ctx, run=arm,

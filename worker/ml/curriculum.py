@@ -7,6 +7,11 @@ batch by rank (Loshchilov & Hutter 2015, online batch selection): the row with t
 of N is drawn with probability proportional to ``exp(-log(s) * r / N)``, so the hardest row is
 ``s`` times likelier than the easiest. The pressure ``s`` anneals from ``s_max`` to 1 (uniform).
 
+``sampler="selective"`` is the stronger variant, after Selective-Backprop (Jiang et al. 2019): a
+row's probability is proportional to its loss percentile raised to ``beta``, held constant for the
+whole run (no annealing), so easy rows keep being drawn, only less often. It reads the same table,
+so it too costs no forward pass of its own.
+
 Rows not yet seen rank above every seen row: an unknown loss is treated as a high one, so the first
 steps sweep the corpus before they focus. Ages (steps since a loss was measured) are logged beside the
 quantiles because the losses go stale as the model moves.
@@ -115,6 +120,19 @@ def rank_probabilities(losses: Any, s: float, generator: Any) -> Any:
     return weights / weights.sum()
 
 
+def percentile_probabilities(losses: Any, beta: float, generator: Any) -> Any:
+    """Selective-Backprop's rule: probability proportional to ``percentile ** beta``, where the
+    highest loss has percentile 1 and the lowest ``1/N`` (never 0: every row stays drawable)."""
+    import numpy as np
+
+    n = len(losses)
+    order = np.lexsort((generator.permutation(n), -losses))
+    percentile = np.empty(n)
+    percentile[order] = (n - np.arange(n)) / n
+    weights = percentile**beta
+    return weights / weights.sum()
+
+
 class CurriculumSampler:
     """Batches drawn by loss rank under an annealed pressure; a ``batches`` hook for ``train``.
 
@@ -124,12 +142,13 @@ class CurriculumSampler:
     """
 
     def __init__(self, table: LossTable, *, batch_size: int, steps: int, grad_accum: int = 1, s_max: float = 100.0,
-                 anneal: str = "linear", anneal_fraction: float = 0.5, seed: int = 0, shuffled: bool = False) -> None:
+                 anneal: str = "linear", anneal_fraction: float = 0.5, seed: int = 0, shuffled: bool = False,
+                 sampler: str = "rank", beta: float = 2.0) -> None:
         import numpy as np
 
         self.table, self.batch_size, self.grad_accum = table, min(batch_size, len(table.losses)), grad_accum
         self.schedule = {"steps": steps, "s_max": s_max, "anneal": anneal, "anneal_fraction": anneal_fraction}
-        self.seed = seed
+        self.seed, self.kind, self.beta = seed, sampler, beta
         self.permutation = np.random.default_rng(seed + 7919).permutation(len(table.losses)) if shuffled else None
 
     def probabilities(self, step: int) -> Any:
@@ -138,6 +157,8 @@ class CurriculumSampler:
 
         losses = self.table.losses if self.permutation is None else self.table.losses[self.permutation]
         generator = np.random.default_rng((self.seed, step))
+        if self.kind == "selective":
+            return percentile_probabilities(losses, self.beta, generator)
         return rank_probabilities(losses, pressure(step, **self.schedule), generator)
 
     def indices(self, micro: int) -> list[int]:
