@@ -20,6 +20,8 @@ class Params:
     variants: int = 2  # per training text and augmenter
     augmenters: tuple[str, ...] = ("char_noise", "word_noise", "synonym", "style")
     mlm_path: str = ""  # a masked LM folder or hub id; given, contextual substitution joins the augmenters
+    choose: int = 0  # > 0: keep only the best this-many augmenters, chosen on validation by short trials
+    trial_steps: int = 0  # steps of each choice trial; 0: one epoch of the original training data
     steps: int = 0  # > 0: exactly this many steps per arm, no early stopping
     epochs: int = 20  # the cap, in epochs of the augmented data, shared by both arms
     batch_size: int = 32
@@ -39,6 +41,8 @@ class Params:
             raise ValueError(f"unknown augmenters {unknown}; choose from {', '.join(AUGMENTERS)}")
         if "contextual" in self.augmenters and not self.mlm_path:
             raise ValueError("the contextual augmenter needs mlm_path")
+        if self.choose < 0 or self.trial_steps < 0:
+            raise ValueError("choose and trial_steps must be 0 or more")
         for name in ("k", "variants"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -131,6 +131,34 @@ def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_v
     assert reads["val"] == 1 + 2 * len(augment.values("control.val_macro_f1"))  # ranking the slices, then validations
 
 
+def test_augment_chooses_its_augmenters_by_trials_scored_on_validation_never_on_test(chain, tmp_path, run_job, monkeypatch):
+    from worker.ml import evaluate
+
+    baseline, _, _ = chain
+    history = [r for r in baseline.history if r.initiative == "baseline"]
+    dataset = load_folder(Path(baseline.params["dataset"]))
+    reads = {"test": 0, "val": 0}
+    real_infer = evaluate.infer
+
+    def counting_infer(model, tokenizer, texts, **kw):
+        for split in reads:
+            reads[split] += tuple(texts) == getattr(dataset, split).texts
+        return real_infer(model, tokenizer, texts, **kw)
+
+    monkeypatch.setattr(evaluate, "infer", counting_infer)
+    augment = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "char_noise,word_noise", "choose": 1,
+                                            "trial_steps": 3, "model_job": baseline.job_id}, history)
+    gains = {name: augment.values(f"choice.{name}.val_gain")[0].value for name in ("char_noise", "word_noise")}
+    chosen = [name for name in gains if augment.values(f"choice.{name}.chosen")]
+    assert len(chosen) == 1 and gains[chosen[0]] == max(gains.values())
+    # Each trial ran its 3 steps: the control and one per augmenter.
+    assert all(len(augment.values(f"trial.{name}.loss")) == 3 for name in ("control", "char_noise", "word_noise"))
+    # Only the chosen augmenter's variants join the augmented arm.
+    assert augment.values("aug.kept")[0].value == sum(m.value for m in augment.values(f"aug.{chosen[0]}.kept"))
+    assert reads["test"] == 3  # the choice read validation only: test once per final model, as without it
+    assert reads["val"] == 1 + 3  # ranking the slices, then one score per trial
+
+
 def test_without_a_robustness_report_augment_targets_the_lowest_validation_f1_slices(chain, tmp_path, run_job):
     from worker.ml.evaluate import infer, slice_scores
     from worker.ml.modeling import load_saved

@@ -3,8 +3,11 @@
 The k weakest slices come from the latest robustness report on the same model (``weakness_rank``),
 else from the model's own scores on the validation split (lowest slice F1; the test split is never
 used to choose); they are never picked by hand. Training texts of those slices get nlpaug variants
-from every listed augmenter (none is chosen over another, so no choice could peek at test);
-near-duplicates of anything already in the training set are dropped. Two arms continue training
+from every listed augmenter; near-duplicates of anything already in the training set are dropped.
+With ``choose: n`` only the n augmenters that did best in short trials are kept: each augmenter's
+variants, and a control without any, continue the stored model for ``trial_steps`` steps, and each
+trial is scored by the targeted slices' macro-F1 on the VALIDATION split (``choice.<name>.val_gain``,
+trial minus control, in points). The test split plays no part in any choice. Two arms continue training
 from the stored model: ``control`` on the original data, ``augmented`` on original plus variants.
 Both share one step cap (``epochs`` over the augmented data, or ``steps`` exactly), one validation
 cadence and one stopping rule, so the difference between them is the augmentation and not the
@@ -22,6 +25,8 @@ and ``tradeoff`` (1 when the targeted gain came with an overall loss).
 
 from __future__ import annotations
 
+from typing import Any
+
 from specs.augment import Params
 
 
@@ -34,7 +39,10 @@ def run(params: Params, ctx) -> None:
     model, tokenizer, spec, dataset = load_model(source, ctx)
     note_val_carved(ctx, dataset)
     targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
-    extra = generate(ctx, params, dataset.train, targets, tokenizer)
+    variants = generate(ctx, params, dataset.train, targets, tokenizer)
+    if params.choose:
+        variants = choose(ctx, params, source, dataset, targets, variants)
+    extra = _joined(variants.values())
     ctx.log_metric("aug.kept", len(extra))
     arms = {"baseline": None, "control": dataset.train, "augmented": dataset.train.plus(extra)}
     predicted = {}
@@ -76,8 +84,8 @@ def weakest_slices(ctx, source, k: int, validation_f1) -> list[str]:
     return chosen
 
 
-def generate(ctx, params: Params, train, targets: list[str], tokenizer):
-    """Variants of the targeted slices' training texts, deduplicated; stats logged per slice and augmenter.
+def generate(ctx, params: Params, train, targets: list[str], tokenizer) -> dict:
+    """Variants of the targeted slices' training texts per augmenter, deduplicated; stats logged per slice and augmenter.
 
     A variant is a duplicate when the model would see the same word pieces as for a text already in
     the training set: for an uncased model, a recased copy teaches nothing.
@@ -87,7 +95,7 @@ def generate(ctx, params: Params, train, targets: list[str], tokenizer):
 
     augmenters = params.augmenters + (("contextual",) if params.mlm_path and "contextual" not in params.augmenters else ())
     seen = {_pieces(tokenizer, t) for t in train.texts}
-    rows: list[tuple[str, str, str]] = []
+    rows: dict[str, list[tuple[str, str, str]]] = {}
     skipped: set[str] = set()
     for group in targets:
         part = train.where_slice({group})
@@ -102,11 +110,57 @@ def generate(ctx, params: Params, train, targets: list[str], tokenizer):
                 continue
             candidates = [(text, label) for label, options in zip(part.labels, variants) for text in options]
             kept = _dedupe(candidates, seen, tokenizer)
-            rows += [(text, label, group) for text, label in kept]
+            rows.setdefault(name, []).extend((text, label, group) for text, label in kept)
             ctx.log_metric(f"aug.{name}.generated", len(candidates), slice=group)
             ctx.log_metric(f"aug.{name}.duplicates", len(candidates) - len(kept), slice=group)
             ctx.log_metric(f"aug.{name}.kept", len(kept), slice=group)
-    return Examples(*(tuple(column) for column in zip(*rows))) if rows else Examples((), (), ())
+    return {name: Examples(*(tuple(column) for column in zip(*found))) for name, found in rows.items() if found}
+
+
+def _joined(parts) -> Any:
+    from worker.ml.data import Examples
+
+    joined = Examples((), (), ())
+    for part in parts:
+        joined = joined.plus(part)
+    return joined
+
+
+def choose(ctx, params: Params, source, dataset, targets: list[str], variants: dict) -> dict:
+    """The ``params.choose`` augmenters whose trial beat the trial control on validation, best first.
+
+    Every trial (one per augmenter, and the control) continues the stored model for the same steps
+    and is scored on the validation split only. When no augmenter beats the control, the best one
+    is kept all the same (the final comparison against the equal-compute control then says so on
+    test) and a warning says that none helped on validation.
+    """
+    from dataclasses import replace
+
+    from worker.ml.evaluate import infer
+    from worker.ml.lineage import MODEL_ARTIFACT
+    from worker.ml.modeling import load_saved
+    from worker.ml.train import Plan, config_from, train
+
+    steps = params.trial_steps or Plan.of(config_from(params), len(dataset.train), 0).per_epoch
+    cfg = replace(config_from(params), steps=steps, eval_every=0)
+    truth = dataset.label_ids(dataset.val)
+    metric = _targeted_metric(dataset, targets, split="val")
+    scores = {}
+    for name, extra in {"control": None, **variants}.items():
+        model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
+        train_set = dataset.train if extra is None else dataset.train.plus(extra)
+        train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=f"trial.{name}")
+        scores[name] = metric(truth, infer(model, tokenizer, dataset.val.texts, max_length=params.max_length).predictions())
+    gains = {name: 100 * (scores[name] - scores["control"]) for name in variants}
+    for name, gain in gains.items():
+        ctx.log_metric(f"choice.{name}.val_gain", gain)
+    ranked = sorted(gains, key=lambda name: (-gains[name], name))
+    chosen = [name for name in ranked if gains[name] > 0][: params.choose] or ranked[:1]
+    if chosen and gains[chosen[0]] <= 0:
+        ctx.warn(f"no augmenter beat the trial control on validation; keeping the best, {chosen[0]} ({gains[chosen[0]]:+.2f} points)")
+    for rank, name in enumerate(chosen, start=1):
+        ctx.log_metric(f"choice.{name}.chosen", rank)
+    return {name: variants[name] for name in chosen}
 
 
 def _pieces(tokenizer, text: str) -> tuple[int, ...]:
@@ -151,11 +205,12 @@ def _evaluate_arm(ctx, model, tokenizer, dataset, targets: list[str], arm: str, 
     return predicted
 
 
-def _targeted_metric(dataset, targets: list[str]):
-    """Macro-F1 over the targeted slices' labels, counted on the whole test set."""
+def _targeted_metric(dataset, targets: list[str], split: str = "test"):
+    """Macro-F1 over the targeted slices' labels, counted on the whole ``split``."""
     from worker.ml.evaluate import macro_f1, slice_labels
 
-    owned = slice_labels(dataset.label_ids(dataset.test), dataset.test.slices)
+    rows = getattr(dataset, split)
+    owned = slice_labels(dataset.label_ids(rows), rows.slices)
     labels = sorted({label for group in targets for label in owned.get(group, [])})
     return lambda truth, predicted: macro_f1(truth, predicted, labels)
 
