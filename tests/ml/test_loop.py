@@ -104,13 +104,11 @@ def test_augment_logs_the_standard_improvement_rows_beside_the_cost_outside_its_
         assert value[f"{arm}.targeted_f1_rows_only"] >= value[f"{arm}.targeted_f1"] - 1e-9
 
 
-def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_validation_cadence(chain, tmp_path, run_job, monkeypatch):
+def count_reads(monkeypatch, dataset) -> dict[str, int]:
+    """How often inference reads the whole test and validation splits, counted as the job runs."""
     from worker.ml import evaluate
 
-    baseline, _, _ = chain
-    history = [r for r in baseline.history if r.initiative == "baseline"]  # no robustness report: rank on validation
     reads = {"test": 0, "val": 0}
-    dataset = load_folder(Path(baseline.params["dataset"]))
     real_infer = evaluate.infer
 
     def counting_infer(model, tokenizer, texts, **kw):
@@ -119,6 +117,13 @@ def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_v
         return real_infer(model, tokenizer, texts, **kw)
 
     monkeypatch.setattr(evaluate, "infer", counting_infer)
+    return reads
+
+
+def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_validation_cadence(chain, tmp_path, run_job, monkeypatch):
+    baseline, _, _ = chain
+    history = [r for r in baseline.history if r.initiative == "baseline"]  # no robustness report: rank on validation
+    reads = count_reads(monkeypatch, load_folder(Path(baseline.params["dataset"])))
     # Up to 2 epochs of the augmented data (400 rows + about 40 variants, batch 32: 14 steps an epoch).
     augment = run_job(tmp_path, "augment", {"k": 1, "epochs": 2, "lr": 1e-3, "augmenters": "style"}, history)
     kept = augment.values("aug.kept")[0].value
@@ -132,20 +137,9 @@ def test_augment_reads_test_once_per_model_and_its_arms_share_one_step_cap_and_v
 
 
 def test_augment_chooses_its_augmenters_by_trials_scored_on_validation_never_on_test(chain, tmp_path, run_job, monkeypatch):
-    from worker.ml import evaluate
-
     baseline, _, _ = chain
     history = [r for r in baseline.history if r.initiative == "baseline"]
-    dataset = load_folder(Path(baseline.params["dataset"]))
-    reads = {"test": 0, "val": 0}
-    real_infer = evaluate.infer
-
-    def counting_infer(model, tokenizer, texts, **kw):
-        for split in reads:
-            reads[split] += tuple(texts) == getattr(dataset, split).texts
-        return real_infer(model, tokenizer, texts, **kw)
-
-    monkeypatch.setattr(evaluate, "infer", counting_infer)
+    reads = count_reads(monkeypatch, load_folder(Path(baseline.params["dataset"])))
     augment = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "char_noise,word_noise", "choose": 1,
                                             "trial_steps": 3, "model_job": baseline.job_id}, history)
     gains = {name: augment.values(f"choice.{name}.val_gain")[0].value for name in ("char_noise", "word_noise")}
