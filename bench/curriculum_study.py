@@ -108,14 +108,19 @@ def lane(args) -> None:
 
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seeds):
-        for arm in ARMS:
-            path = RESULTS / f"{args.variant}-{arm}-s{seed}.json"
-            if path.exists():
-                continue
+    order = [(seed, arm) for seed in range(args.seeds) for arm in ARMS]
+    for seed, arm in reversed(order) if args.reverse else order:
+        path = RESULTS / f"{args.variant}-{arm}-s{seed}.json"
+        claim = path.with_suffix(".running")  # another lane on the same variant leaves this run alone
+        if path.exists() or claim.exists():
+            continue
+        claim.write_text(str(os.getpid()))
+        try:
             result = run_one(args.variant, arm, seed, args)
             path.write_text(json.dumps(result))
-            print(f"{path.name}: test acc {result['test_accuracy']:.4f}, {result['seconds'] / 60:.1f} min", file=sys.stderr)
+        finally:
+            claim.unlink()
+        print(f"{path.name}: test acc {result['test_accuracy']:.4f}, {result['seconds'] / 60:.1f} min", file=sys.stderr)
 
 
 def steps_to(curve: list, target: float):
@@ -215,6 +220,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--beta", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reverse", action="store_true", help="take the runs last seed first (a second lane)")
     parser.add_argument("--report", action="store_true", help="write the section from the saved runs")
     args = parser.parse_args()
     if args.report:

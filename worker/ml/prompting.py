@@ -161,10 +161,10 @@ def wordnet_synonyms() -> Optional[Synonyms]:
     try:
         from nltk.corpus import wordnet
 
-        from worker.ml import augment_compat
+        from worker.ml import wordnet as wn
 
-        augment_compat.ensure_wordnet()  # finds WordNet, or copies it from WORDNET_DIR; never downloads
-    except (ImportError, LookupError, OSError, RuntimeError, augment_compat.WordNetUnavailable):
+        wn.ensure_wordnet()  # finds WordNet, or copies it from WORDNET_DIR; never downloads
+    except (ImportError, LookupError, OSError, RuntimeError, wn.WordNetUnavailable):
         return None
 
     @lru_cache(maxsize=None)

@@ -1,12 +1,10 @@
-"""Every patch nlpaug 1.1.11 and NLTK need to run here, in one place, and where WordNet comes from.
+"""Where WordNet comes from, for the operations that need it (synonyms), and the one NLTK fix it needs.
 
-``apply()`` is idempotent and is called by the code that builds augmenters, never at import; it
-loads nothing. ``ensure_wordnet()`` is called only by the operations that need WordNet (synonyms):
+``ensure_wordnet()`` is called only by the operations that need WordNet:
 it finds WordNet on NLTK's data path (a copy budgetq made earlier, or NLTK's own data such as
 ``nltk.download('wordnet')`` left), else copies it from ``WORDNET_DIR`` (default Debian's
 ``/usr/share/wordnet``), else raises ``WordNetUnavailable``. It never downloads: a worker without
 internet would hang in ``nltk.download``, so the payloads skip the step with a note instead.
-Each patch says why it exists; drop it when the upstream reason goes away.
 
 CI installs Debian's WordNet files: ``apt-get install -y --no-install-recommends wordnet-base``.
 """
@@ -47,8 +45,7 @@ _LEXNAMES = (
 ).split()
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
-# Function words get the tag "DT", which nlpaug's SynonymAug never substitutes. WordNet alone
-# would offer "iodine" for "I" and "Department of Energy" for "do".
+# Function words: never substituted (WordNet alone would offer "Department of Energy" for "do").
 _CLOSED_CLASS = frozenset(
     "a an the i me my mine you your yours he him his she her hers it its we us our ours they them "
     "their theirs this that these those what which who whom whose when where why how to of in on at "
@@ -56,54 +53,17 @@ _CLOSED_CLASS = frozenset(
     "is am are was were be been being do does did have has had can could will would shall should "
     "may might must please there here".split()
 )
-# nlpaug maps Penn tags back to WordNet parts of speech (PartOfSpeech.con2pos); "s" is a satellite adjective.
+# WordNet's parts of speech as Penn tags; "s" is a satellite adjective.
 _PENN = {"n": "NN", "v": "VB", "a": "JJ", "s": "JJ", "r": "RB"}
 
-_applied = False
+def allow_wordnet_30() -> None:
+    """Let NLTK load a WordNet 3.0 database that ships no ``index.sense`` (Debian's). Idempotent.
 
-
-def apply() -> None:
-    """Install all patches once per process (nlpaug BERT ids, WordNet POS tags, no downloads). Loads nothing."""
-    global _applied
-    if _applied:
-        return
-    _patch_bert_token_ids()
-    _patch_wordnet_version_map()
-    _patch_pos_tagger()
-    _patch_wordnet_read()
-    _applied = True
-
-
-def _patch_bert_token_ids() -> None:
-    # nlpaug's Bert wrapper calls the slow tokenizer's private `_convert_token_to_id` unless the class
-    # name contains "TokenizerFast". In transformers 5 the fast tokenizer is simply `BertTokenizer` and
-    # has no such private method, so ContextualWordEmbsAug dies at construction. The public
-    # `convert_tokens_to_ids` / `convert_ids_to_tokens` exist on every tokenizer in both versions.
-    import nlpaug.model.lang_models as nml
-
-    for cls in (nml.Bert, nml.DistilBert, nml.FmTransformers):
-        cls.token2id = _token2id
-        cls.id2token = _id2token
-
-
-def _tokenizer_of(lm):
-    # FmTransformers keeps its tokenizer inside a pipeline; Bert and DistilBert hold it directly.
-    return getattr(lm, "tokenizer", None) or lm.model.tokenizer
-
-
-def _token2id(self, token):
-    return _tokenizer_of(self).convert_tokens_to_ids(token)
-
-
-def _id2token(self, _id):
-    return _tokenizer_of(self).convert_ids_to_tokens(_id)
-
-
-def _patch_wordnet_version_map() -> None:
-    # NLTK 3.10 maps every WordNet it loads onto "wordnet" 3.0 sense keys through `index.sense`, even
-    # when the loaded database *is* 3.0, because it compares the version "3.0" with the package name
-    # "wordnet". Debian's wordnet-base ships no index.sense, so loading fails. For a 3.0 database the
-    # mapping is the identity, which the reader spells `None`.
+    NLTK 3.10 maps every WordNet it loads onto "wordnet" 3.0 sense keys through ``index.sense``, even
+    when the loaded database *is* 3.0, because it compares the version "3.0" with the package name
+    "wordnet". For a 3.0 database the mapping is the identity, which the reader spells ``None``.
+    Drop this once NLTK compares versions with versions.
+    """
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     original = WordNetCorpusReader.map_wn
@@ -119,33 +79,10 @@ def _patch_wordnet_version_map() -> None:
     WordNetCorpusReader.map_wn = map_wn
 
 
-def _patch_pos_tagger() -> None:
-    # SynonymAug tags tokens with nltk.pos_tag, whose averaged-perceptron model is a separate download
-    # that cannot be had offline (and nlpaug then calls nltk.download). A synonym only needs the part of
-    # speech WordNet knows the word by, so tag each token with its most common WordNet POS.
-    import nlpaug.model.word_dict as nmw
-
-    nmw.WordNet.pos_tag = classmethod(lambda cls, tokens: [(t, wordnet_pos_tag(t)) for t in tokens])
-
-
-def _patch_wordnet_read() -> None:
-    # nlpaug's WordNet model calls nltk.download('wordnet') when WordNet is missing, which blocks
-    # without internet. ensure_wordnet() runs first wherever a WordNet augmenter is built; if it did
-    # not, fail with the fix instead of downloading.
-    import nlpaug.model.word_dict as nmw
-
-    def read(self):
-        from nltk.corpus import wordnet
-
-        if not _wordnet_loads():
-            raise WordNetUnavailable(f"WordNet is not available on this worker; {WORDNET_HELP}")
-        return wordnet
-
-    nmw.WordNet.read = read
-
-
 def wordnet_pos_tag(token: str) -> str:
-    """A Penn-style tag from the part of speech with the most WordNet senses ("DT" to skip the token)."""
+    """A Penn-style tag from the part of speech with the most WordNet senses: "DT" for a function word
+    or a non-word (never substituted; WordNet alone would offer "iodine" for "I"), "UNK" when WordNet
+    does not know the word."""
     from nltk.corpus import wordnet
 
     word = token.lower()
@@ -155,7 +92,6 @@ def wordnet_pos_tag(token: str) -> str:
     for synset in wordnet.synsets(word):
         tag = _PENN[synset.pos()]
         counts[tag] = counts.get(tag, 0) + 1
-    # Unknown words get a tag nlpaug maps to no POS, so it looks up all senses (and finds none).
     return max(counts, key=counts.get) if counts else "UNK"
 
 
@@ -173,7 +109,7 @@ def ensure_wordnet(wordnet_dir: Optional[Path] = None) -> None:
     """
     import nltk
 
-    apply()
+    allow_wordnet_30()
     data_dir = nltk_data_dir()
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
