@@ -6,9 +6,9 @@ reason) and run it with ``close_attempt``, which moves the budget and appends th
 cancels the jobs whose dependency can no longer succeed.
 
 Portable first: on both databases the closing UPDATE returns its rows and the budget UPDATE and
-entry INSERTs follow as statements of the same transaction. On PostgreSQL the three are also
-written as one statement of data-modifying CTEs, used because the ledger benchmark shows it pays
-(``SINGLE_STATEMENT_ON_POSTGRES``; bench/ledger.py measures both).
+entry INSERT follow as statements of the same transaction. On PostgreSQL the same three Core
+statements also compose into one statement of data-modifying CTEs, used because the ledger
+benchmark shows it pays (``models.moves.ONE_STATEMENT_ON_POSTGRES``; bench/ledger.py measures both).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from sqlalchemy import BigInteger, String, Text, and_, bindparam, case, exists, 
 from sqlalchemy.orm import Session
 
 from core.status import CLAIMABLE_STATUSES, DEAD_ENDS, FINAL_STATUSES, JobStatus, Stop, StopReason, next_status
-from models.schema import Artifact, Budget, FailureCase, Job, JobDependency, JobNote, LedgerEntry, Metric
+from models.moves import ONE_STATEMENT_ON_POSTGRES, append_entries, budgets_t, entries_t, move_budget, moving
+from models.schema import Artifact, FailureCase, Job, JobDependency, JobNote, Metric
 from models.spend import record_crossings
 from models.views import Closed
 
@@ -30,9 +31,7 @@ CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATUSES)
 FINAL = tuple(s.value for s in FINAL_STATUSES)
 # State changes go through the tables, not the ORM's unit of work: one statement each, no
 # identity-map bookkeeping, and nothing loaded into Python to modify.
-jobs_t, budgets_t, entries_t = Job.__table__, Budget.__table__, LedgerEntry.__table__
-# Run each closing as one statement on PostgreSQL (see the module docstring); False: the portable path.
-SINGLE_STATEMENT_ON_POSTGRES = True
+jobs_t = Job.__table__
 NOW = bindparam("now", type_=jobs_t.c.updated_at.type)
 
 
@@ -110,13 +109,7 @@ def _with_budget_and_entries(closing: Any) -> Any:
         .group_by(closed.c.budget_id)
         .cte("per_budget")
     )
-    moved = (
-        update(budgets_t)
-        .where(budgets_t.c.id == per_budget.c.budget_id)
-        .values(spent_micros=budgets_t.c.spent_micros + per_budget.c.charge,
-                reserved_micros=budgets_t.c.reserved_micros - per_budget.c.charge - per_budget.c.release)
-        .cte("moved")
-    )
+    moved = moving(budgets_t.c.id == per_budget.c.budget_id, charge=per_budget.c.charge, release=per_budget.c.release).cte("moved")
 
     def entries(kind: str, amount):
         return select(closed.c.budget_id, closed.c.id, closed.c.attempts, literal(kind, String), amount, NOW)
@@ -133,7 +126,7 @@ def _with_budget_and_entries(closing: Any) -> Any:
 
 @dataclass(frozen=True)
 class Closing:
-    """An attempt-closing statement in its two forms: alone (SQLite) and with its effects (PostgreSQL)."""
+    """An attempt-closing statement in its two forms: alone (portable) and with its effects (PostgreSQL)."""
 
     alone: Any
     with_effects: Any
@@ -147,25 +140,30 @@ class Closing:
 def close_attempt(s: Session, closing: Closing, params: dict[str, Any]) -> list[Closed]:
     """Run a closing statement; move the budget and append the entries its rows imply.
 
-    On PostgreSQL that is the same statement; on SQLite, where the transaction holds the write
-    lock, it is the statements after it.
+    The portable path runs them as the statements after it, in the same transaction; on PostgreSQL,
+    where the single statement pays, they ride in it (``ONE_STATEMENT_ON_POSTGRES``).
     """
     now = utcnow()
     params = {**params, "now": now}
-    if SINGLE_STATEMENT_ON_POSTGRES and dialect(s) == "postgresql":
+    if "close" in ONE_STATEMENT_ON_POSTGRES and dialect(s) == "postgresql":
         rows = s.execute(closing.with_effects, params).all()
     else:
         rows = s.execute(closing.alone, params).all()
         for row in rows:
             move_budget(s, budget_id=row.budget_id, charge=row.last_charge_micros, release=row.last_release_micros)
-            append_entry(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="charge", amount=row.last_charge_micros, now=now)
-            if row.status in FINAL:
-                append_entry(s, budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind="release", amount=row.last_release_micros, now=now)
+        append_entries(s, [entry for row in rows for entry in _entries_of(row, now)])
     closed = _with_crossings(s, [Closed(r.id, r.attempts, r.status, r.last_charge_micros, r.last_release_micros) for r in rows],
                              {r.id: r.budget_id for r in rows})
     if any(c.status in FINAL and c.status != JobStatus.SUCCEEDED for c in closed):
         cancel_orphans(s)
     return closed
+
+
+def _entries_of(row: Any, now: datetime) -> list[dict[str, Any]]:
+    """The closed attempt's charge entry, and its release entry if the job is done."""
+    amounts = [("charge", row.last_charge_micros)] + ([("release", row.last_release_micros)] if row.status in FINAL else [])
+    return [dict(budget_id=row.budget_id, job_id=row.id, attempt=row.attempts, kind=kind, amount_micros=amount, created_at=now)
+            for kind, amount in amounts]
 
 
 def _with_crossings(s: Session, closed: list[Closed], budget_of: dict[str, int]) -> list[Closed]:
@@ -180,15 +178,6 @@ def _with_crossings(s: Session, closed: list[Closed], budget_of: dict[str, int])
             c = dataclasses.replace(c, crossed=tuple(crossed)) if crossed else c
         out.append(c)
     return out
-
-
-def move_budget(s: Session, *, budget_id: int, charge: int, release: int) -> None:
-    """Charge moves money from reserved to spent; release returns it to what is left."""
-    s.execute(
-        update(budgets_t)
-        .where(budgets_t.c.id == budget_id)
-        .values(spent_micros=budgets_t.c.spent_micros + charge, reserved_micros=budgets_t.c.reserved_micros - charge - release)
-    )
 
 
 def write_results(s: Session, *, job_id: str, attempt: int, metrics, artifacts, failures, notes=()) -> None:
@@ -228,13 +217,3 @@ def cancel_orphans(s: Session) -> list[Closed]:
     """Cancel queued jobs whose dependency ended without success, down the whole chain."""
     # _close_attempt calls back here when it cancels something, which walks the chain.
     return close_attempt(s, _CANCEL_ORPHANS, {})
-
-
-def append_entry(s: Session, *, budget_id: int, job_id: Optional[str], attempt: int, kind: str, amount: int, now: datetime) -> None:
-    s.execute(
-        insert(entries_t).values(
-            budget_id=budget_id, job_id=job_id, attempt=attempt, kind=kind, amount_micros=amount, created_at=now
-        )
-    )
-
-

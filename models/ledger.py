@@ -8,13 +8,13 @@ transition was not allowed, and every change to a budget appends ledger entries 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Optional
 
-from sqlalchemy import BigInteger, Integer, String, Text, and_, bindparam, case, func, insert, literal, select, text, update
+from sqlalchemy import BigInteger, Integer, String, Text, and_, bindparam, case, exists, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,8 +26,6 @@ from models.closing import (
     CLAIMABLE,
     NOW,
     Closing,
-    append_entry,
-    budgets_t,
     close_attempt,
     deps_unmet,
     dialect,
@@ -35,6 +33,7 @@ from models.closing import (
     utcnow,
     write_results,
 )
+from models.moves import AMOUNT, ONE_STATEMENT_ON_POSTGRES, append_entry, budgets_t, entries_t, fits, reserve, reserving
 from models.queries import get_budget, job_by_key
 from models.schema import Budget, Job, JobDependency, Preemption
 from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready, Usage
@@ -89,15 +88,14 @@ def admit_job(
     check_rank(rank)
     if idempotency_key is not None:
         check_text(idempotency_key, what="idempotency key", longest=KEY_LENGTH)
+    now = utcnow()
     job = dict(
         id=uuid.uuid4().hex, initiative=initiative, queue=queue, params=params, status="admitted", rank=rank,
         estimate_micros=estimate_micros, reserved_micros=estimate_micros, charged_micros=0, metered_micros=0,
         last_charge_micros=0, last_release_micros=0, attempts=0, max_attempts=max_attempts,
-        cancel_requested=False, idempotency_key=idempotency_key,
+        cancel_requested=False, idempotency_key=idempotency_key, created_at=now, updated_at=now,
     )
-    admit = _admit_in_one_statement if dialect(s) == "postgresql" else _admit_step_by_step
-    created = admit(s, budget=budget, job=job, now=utcnow())
-    if not created:
+    if not _admit(s, budget=budget, job=job):
         existing = job_by_key(s, budget=budget, key=idempotency_key) if idempotency_key is not None else None
         if existing is not None:
             return existing, False
@@ -111,70 +109,75 @@ def admit_job(
     return view, True
 
 
-# On PostgreSQL the whole admission is one statement: insert the job if the budget fits (or find
-# its key taken), reserve with the guarded UPDATE, and append the reserve entry. Under Read
-# Committed the UPDATE re-checks its guard on the latest row, so if a racing admission took the
-# money in between, the job row is inserted but nothing is reserved; admit_job then raises and
-# the caller's transaction rolls the row back.
-_ADMIT_PG = text("""
-WITH admitted AS (
-  INSERT INTO jobs (id, budget_id, initiative, queue, params, status, rank, estimate_micros, reserved_micros,
-                    charged_micros, metered_micros, last_charge_micros, last_release_micros, attempts,
-                    max_attempts, cancel_requested, idempotency_key, created_at, updated_at)
-  SELECT :id, b.id, :initiative, :queue, CAST(:params AS JSON), 'admitted', :rank, :x, :x, 0, 0, 0, 0, 0,
-         :max_attempts, false, :key, :now, :now
-  FROM budgets b WHERE b.name = :budget AND b.spent_micros + b.reserved_micros + :x <= b.total_micros
-  ON CONFLICT (budget_id, idempotency_key) DO NOTHING
-  RETURNING id, budget_id
-), reserved AS (
-  UPDATE budgets SET reserved_micros = reserved_micros + :x
-  WHERE id IN (SELECT budget_id FROM admitted) AND spent_micros + reserved_micros + :x <= total_micros
-  RETURNING id
-), entry AS (
-  INSERT INTO ledger_entries (budget_id, job_id, attempt, kind, amount_micros, created_at)
-  SELECT budget_id, id, 0, 'reserve', :x, :now FROM admitted WHERE EXISTS (SELECT 1 FROM reserved)
+# Admission is three guarded statements: insert the job if its budget has the money left (or find
+# its key taken in that budget: nothing inserted), reserve with the guarded UPDATE, and append the
+# reserve entry. The INSERT's test only spares a refused job a row; the UPDATE's guard decides.
+# Under PostgreSQL's Read Committed a racing admission may take the money between the two (SQLite's
+# write lock rules that out): the job row is then inserted but nothing reserved, and admit_job
+# raises so the caller's transaction rolls the row back.
+
+_JOB_COLUMNS = (
+    "id", "initiative", "queue", "params", "status", "rank", "estimate_micros", "reserved_micros", "charged_micros",
+    "metered_micros", "last_charge_micros", "last_release_micros", "attempts", "max_attempts", "cancel_requested",
+    "idempotency_key", "created_at", "updated_at",
 )
-SELECT (SELECT count(*) FROM admitted) AS inserted, (SELECT count(*) FROM reserved) AS reserved
-""")
 
 
-def _admit_in_one_statement(s: Session, *, budget: str, job: dict[str, Any], now: datetime) -> bool:
-    job.update(created_at=now, updated_at=now)
-    inserted, reserved = s.execute(_ADMIT_PG, dict(
-        id=job["id"], initiative=job["initiative"], queue=job["queue"], params=json.dumps(job["params"]),
-        rank=job["rank"], x=job["estimate_micros"], max_attempts=job["max_attempts"],
-        key=job["idempotency_key"], now=now, budget=budget,
-    )).one()
+def _admission(dialect_insert: Any) -> Any:
+    """INSERT the job (bound as :new_<column>) if the budget named :budget has :x left; RETURNING its budget.
+
+    The prefix keeps the values apart from column names: SQLAlchemy would add a parameter named like
+    a column of the budget UPDATE below to its SET list.
+    """
+    row = (
+        select(*(bindparam(f"new_{name}", type_=jobs_t.c[name].type) for name in _JOB_COLUMNS), budgets_t.c.id)
+        .where(budgets_t.c.name == bindparam("budget", type_=String), fits(budgets_t))
+    )
+    return (
+        dialect_insert(jobs_t)
+        .from_select([*_JOB_COLUMNS, "budget_id"], row, include_defaults=False)  # the rest have server defaults
+        .on_conflict_do_nothing(index_elements=["budget_id", "idempotency_key"])
+        .returning(jobs_t.c.id, jobs_t.c.budget_id)
+    )
+
+
+def _admission_in_one_statement(admission: Any) -> Any:
+    """PostgreSQL: the same three statements as one, of data-modifying CTEs."""
+    admitted = admission.cte("admitted")
+    reserved = reserving(budgets_t.c.id.in_(select(admitted.c.budget_id))).cte("reserved")
+    entry = insert(entries_t).from_select(
+        ["budget_id", "job_id", "attempt", "kind", "amount_micros", "created_at"],
+        select(admitted.c.budget_id, admitted.c.id, literal(0, Integer), literal("reserve", String), AMOUNT,
+               bindparam("new_created_at", type_=entries_t.c.created_at.type))
+        .where(exists(select(reserved.c.id))),
+    ).cte("entry")
+
+    def count(rows: Any) -> Any:
+        return select(func.count()).select_from(rows).scalar_subquery()
+
+    return select(count(admitted).label("inserted"), count(reserved).label("reserved")).add_cte(entry)
+
+
+_ADMIT = {"postgresql": _admission(postgresql.insert), "sqlite": _admission(sqlite.insert)}
+_ADMIT_IN_ONE = _admission_in_one_statement(_ADMIT["postgresql"])  # PostgreSQL only, kept because it pays: see ONE_STATEMENT_ON_POSTGRES
+
+
+def _admit(s: Session, *, budget: str, job: dict[str, Any]) -> bool:
+    """Insert the job, reserve its estimate and append the entry; False if the budget lacks it or the key is taken."""
+    params = {**{f"new_{k}": v for k, v in job.items()}, "budget": budget, "x": job["estimate_micros"]}
+    name = dialect(s)
+    if name == "postgresql" and "admit" in ONE_STATEMENT_ON_POSTGRES:
+        inserted, reserved = s.execute(_ADMIT_IN_ONE, params).one()
+    else:
+        admitted = s.execute(_ADMIT[name], params).one_or_none()
+        inserted = admitted is not None
+        reserved = inserted and reserve(s, budget_id=admitted.budget_id, amount=job["estimate_micros"])
+        if reserved:
+            append_entry(s, budget_id=admitted.budget_id, job_id=job["id"], attempt=0, kind="reserve",
+                         amount=job["estimate_micros"], now=job["created_at"])
     if inserted and not reserved:
         raise BudgetExhausted(f"budget {budget!r} was spent by a concurrent admission; try again", left_micros=0)
     return bool(inserted)
-
-
-def _admit_step_by_step(s: Session, *, budget: str, job: dict[str, Any], now: datetime) -> bool:
-    """SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so the steps cannot race."""
-    budget_id = _budget_id(s, name=budget)
-    if job["idempotency_key"] is not None and job_by_key(s, budget=budget, key=job["idempotency_key"]):
-        return False
-    fitted = s.execute(
-        update(budgets_t)
-        .where(budgets_t.c.id == budget_id)
-        .where(budgets_t.c.spent_micros + budgets_t.c.reserved_micros + job["estimate_micros"] <= budgets_t.c.total_micros)
-        .values(reserved_micros=budgets_t.c.reserved_micros + job["estimate_micros"])
-        .returning(budgets_t.c.id)
-    ).scalar_one_or_none()
-    if fitted is None:
-        return False
-    job.update(budget_id=budget_id, created_at=now, updated_at=now)
-    s.execute(insert(jobs_t).values(**job))
-    append_entry(s, budget_id=budget_id, job_id=job["id"], attempt=0, kind="reserve", amount=job["estimate_micros"], now=now)
-    return True
-
-
-def _budget_id(s: Session, *, name: str) -> int:
-    budget_id = s.scalar(select(Budget.id).where(Budget.name == name))
-    if budget_id is None:
-        raise NotFound(f"no budget named {name!r}; create it with `budgetq budget create {name} --total 1.00`")
-    return budget_id
 
 
 def _raise_exhausted(s: Session, *, budget: str, amount: int) -> None:

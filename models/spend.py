@@ -1,9 +1,10 @@
 """Steering a budget after admission: top-ups, resuming a budget-stopped job, spending thresholds.
 
-Each change to a budget's money is one guarded statement on PostgreSQL (a CTE that moves the
-budget and appends its ledger entry) and the same steps under SQLite's write lock, exactly as
-admission does, so ``budget audit`` stays clean. A threshold crossing is an INSERT ... SELECT that
-writes its event only when spending has reached the threshold, and at most once (a unique key).
+Each change to a budget's money is one guarded UPDATE followed, in the same transaction, by the
+ledger entry it implies (``models.moves``), on PostgreSQL and SQLite alike, so ``budget audit``
+stays clean. Neither is on the ledger benchmark's hot path, so neither has a PostgreSQL-only form.
+A threshold crossing is an INSERT ... SELECT that writes its event only when spending has reached
+the threshold, and at most once (a unique key).
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import DateTime, Integer, String, and_, bindparam, exists, select, text, update
+from sqlalchemy import DateTime, Integer, String, and_, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.errors import BudgetExhausted, InvalidInput
 from core.money import MAX_DOLLARS, MICROS_PER_DOLLAR, format_micros
 from core.status import JobStatus
+from models.moves import append_entry, budgets_t, fits, reserve
 from models.queries import get_budget, get_job
 from models.schema import Budget, BudgetEvent, BudgetThreshold, Job, LedgerEntry, WorkerRow
 from models.views import BudgetEvent as EventView
 from models.views import BudgetView, JobView
 
 MAX_TOTAL_MICROS = int(MAX_DOLLARS) * MICROS_PER_DOLLAR
-budgets_t, jobs_t, entries_t = Budget.__table__, Job.__table__, LedgerEntry.__table__
+jobs_t = Job.__table__
 thresholds_t, events_t = BudgetThreshold.__table__, BudgetEvent.__table__
 
 
@@ -36,74 +38,37 @@ def _now() -> datetime:
 # ---------------------------------------------------------------------------------------------
 # Top-ups
 
-_TOPUP_PG = text("""
-WITH funded AS (
-  UPDATE budgets SET total_micros = total_micros + :x
-  WHERE name = :budget AND total_micros + :x <= :most
-  RETURNING id
-)
-INSERT INTO ledger_entries (budget_id, job_id, attempt, kind, amount_micros, created_at)
-SELECT id, NULL, 0, 'fund', :x, :now FROM funded
-RETURNING budget_id
-""")
-
-
 def topup_budget(s: Session, *, name: str, add_micros: int) -> BudgetView:
-    """Add ``add_micros`` to a budget's total with its ``fund`` entry, in one guarded statement."""
+    """Add ``add_micros`` to a budget's total (one guarded UPDATE) and append its ``fund`` entry."""
     if add_micros <= 0:
         raise InvalidInput("--add must be more than $0.00; a top-up adds money")
-    params = {"x": add_micros, "budget": name, "most": MAX_TOTAL_MICROS, "now": _now()}
-    if s.get_bind().dialect.name == "postgresql":
-        funded = s.execute(_TOPUP_PG, params).scalar_one_or_none()
-    else:  # SQLite: the transaction holds the write lock, so the two steps cannot race
-        funded = s.execute(
-            update(budgets_t)
-            .where(budgets_t.c.name == name, budgets_t.c.total_micros + add_micros <= MAX_TOTAL_MICROS)
-            .values(total_micros=budgets_t.c.total_micros + add_micros)
-            .returning(budgets_t.c.id)
-        ).scalar_one_or_none()
-        if funded is not None:
-            s.execute(entries_t.insert().values(budget_id=funded, job_id=None, attempt=0, kind="fund",
-                                                amount_micros=add_micros, created_at=params["now"]))
+    funded = s.execute(
+        update(budgets_t)
+        .where(budgets_t.c.name == name, budgets_t.c.total_micros + add_micros <= MAX_TOTAL_MICROS)
+        .values(total_micros=budgets_t.c.total_micros + add_micros)
+        .returning(budgets_t.c.id)
+    ).scalar_one_or_none()
     if funded is None:
         current = get_budget(s, name=name)  # raises NotFound with the fix
         raise InvalidInput(
             f"budget {name!r} holds {format_micros(current.total_micros)}; adding {format_micros(add_micros)} would pass"
             f" the ${MAX_DOLLARS} a budget may hold"
         )
+    append_entry(s, budget_id=funded, job_id=None, attempt=0, kind="fund", amount=add_micros, now=_now())
     return get_budget(s, name=name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Resuming a budget-stopped job
 
-# The job row, the budget and the reserve entry in one statement, as admission does. Under Read
-# Committed the budget UPDATE re-checks its guard on the latest row; if a racing admission took the
-# money in between, the job is updated but nothing reserved, and resume_job raises so the caller's
-# transaction rolls the job back.
-_RESUME_PG = text("""
-WITH resumed AS (
-  UPDATE jobs SET status = 'admitted', reserved_micros = :x, estimate_micros = estimate_micros + :x,
-         max_attempts = attempts + :more, metered_micros = 0, last_charge_micros = 0, last_release_micros = 0,
-         stop_reason = NULL, error = NULL, lease_until = NULL, finished_at = NULL, cancel_requested = false,
-         published_at = :now, updated_at = :now
-  WHERE id = :job_id AND status = 'budget_stopped'
-    AND EXISTS (SELECT 1 FROM budgets b WHERE b.id = jobs.budget_id AND b.spent_micros + b.reserved_micros + :x <= b.total_micros)
-  RETURNING id, budget_id, attempts
-), reserved AS (
-  UPDATE budgets SET reserved_micros = reserved_micros + :x
-  WHERE id IN (SELECT budget_id FROM resumed) AND spent_micros + reserved_micros + :x <= total_micros
-  RETURNING id
-), entry AS (
-  INSERT INTO ledger_entries (budget_id, job_id, attempt, kind, amount_micros, created_at)
-  SELECT budget_id, id, attempts, 'reserve', :x, :now FROM resumed WHERE EXISTS (SELECT 1 FROM reserved)
-)
-SELECT (SELECT count(*) FROM resumed) AS resumed, (SELECT count(*) FROM reserved) AS reserved
-""")
+# Resuming is admission's three statements again: the guarded job UPDATE (still budget-stopped, and
+# its budget has the money left), the guarded reservation, the reserve entry. Under PostgreSQL's Read
+# Committed a racing admission may take the money between the first two (SQLite's write lock rules
+# that out); resume_job then raises so the caller's transaction rolls the job back.
 
 
 def _resumed_values(x: int, more: int, now) -> dict:
-    """The job row a resume writes (SQLite form of _RESUME_PG's SET list)."""
+    """The job row a resume writes."""
     return dict(
         status=JobStatus.ADMITTED.value, reserved_micros=x, estimate_micros=jobs_t.c.estimate_micros + x,
         max_attempts=jobs_t.c.attempts + more, metered_micros=0, last_charge_micros=0, last_release_micros=0,
@@ -127,33 +92,19 @@ def resume_job(s: Session, *, job_id: str, max_attempts: int, estimate_micros: O
     if x <= 0:
         raise InvalidInput("--estimate must be more than $0.00; a resumed job needs money to run")
     now = _now()
-    if s.get_bind().dialect.name == "postgresql":
-        resumed, reserved = s.execute(_RESUME_PG, {"x": x, "more": max_attempts, "job_id": job_id, "now": now}).one()
-        if resumed and not reserved:
-            raise BudgetExhausted(f"budget {job.budget!r} was spent by a concurrent admission; try again", left_micros=0)
-    else:
-        reserved = _reserve_for(s, job_id=job_id, x=x)
-        if reserved is not None:
-            s.execute(update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.status == JobStatus.BUDGET_STOPPED.value)
-                      .values(**_resumed_values(x, max_attempts, now)))
-            s.execute(entries_t.insert().values(budget_id=reserved, job_id=job_id, attempt=job.attempts, kind="reserve",
-                                                amount_micros=x, created_at=now))
-        resumed = reserved is not None
-    if not resumed:
+    resumed = s.execute(
+        update(jobs_t)
+        .where(jobs_t.c.id == job_id, jobs_t.c.status == JobStatus.BUDGET_STOPPED.value,
+               exists().where(budgets_t.c.id == jobs_t.c.budget_id, fits(budgets_t, x)))
+        .values(**_resumed_values(x, max_attempts, now))
+        .returning(jobs_t.c.budget_id, jobs_t.c.attempts)
+    ).one_or_none()
+    if resumed is None:
         _why_not_resumed(s, job_id=job_id, budget=job.budget, amount=x)
+    if not reserve(s, budget_id=resumed.budget_id, amount=x):
+        raise BudgetExhausted(f"budget {job.budget!r} was spent by a concurrent admission; try again", left_micros=0)
+    append_entry(s, budget_id=resumed.budget_id, job_id=job_id, attempt=resumed.attempts, kind="reserve", amount=x, now=now)
     return get_job(s, job_id=job_id)
-
-
-def _reserve_for(s: Session, *, job_id: str, x: int) -> Optional[int]:
-    """SQLite: the guarded reservation for a budget-stopped job; its budget's id, or None."""
-    stopped = select(jobs_t.c.budget_id).where(jobs_t.c.id == job_id, jobs_t.c.status == JobStatus.BUDGET_STOPPED.value)
-    return s.execute(
-        update(budgets_t)
-        .where(budgets_t.c.id == stopped.scalar_subquery(),
-               budgets_t.c.spent_micros + budgets_t.c.reserved_micros + x <= budgets_t.c.total_micros)
-        .values(reserved_micros=budgets_t.c.reserved_micros + x)
-        .returning(budgets_t.c.id)
-    ).scalar_one_or_none()
 
 
 def _why_not_resumed(s: Session, *, job_id: str, budget: str, amount: int) -> None:

@@ -64,10 +64,9 @@ def test_a_topup_adds_to_the_total_in_one_guarded_statement_with_a_fund_entry(fu
     with statements(funded) as sent, funded.session() as s:
         after = spend.topup_budget(s, name="b", add_micros=500_000)
     assert (after.total_micros, after.left_micros) == (1_500_000, 600_000)
-    moved = [q for q in sent if q.startswith(("UPDATE budgets", "WITH funded"))]
+    moved = [q for q in sent if q.startswith("UPDATE budgets")]
     assert len(moved) == 1 and "total_micros + " in moved[0]
-    if funded.dialect == "postgresql":  # the entry rides in the same statement
-        assert "INSERT INTO ledger_entries" in moved[0]
+    assert len([q for q in sent if q.startswith("INSERT INTO ledger_entries")]) == 1  # the fund entry, same transaction
     with funded.session() as s:
         funds = s.scalars(select(LedgerEntry.amount_micros).where(LedgerEntry.kind == "fund").order_by(LedgerEntry.id)).all()
     assert funds == [1_000_000, 500_000]
@@ -95,7 +94,7 @@ def test_resuming_a_budget_stopped_job_reserves_anew_raises_its_estimate_and_que
         resumed = spend.resume_job(s, job_id=stopped.id, max_attempts=2)
     assert (resumed.status, resumed.reserved_micros, resumed.estimate_micros) == ("admitted", 100_000, 200_000)
     assert (resumed.charged_micros, resumed.attempts, resumed.max_attempts, resumed.error) == (100_000, 1, 3, None)
-    reservations = [q for q in sent if q.startswith(("UPDATE budgets", "WITH resumed"))]
+    reservations = [q for q in sent if q.startswith("UPDATE budgets")]
     assert len(reservations) == 1 and "reserved_micros + " in reservations[0]
     assert (budget(funded).spent_micros, budget(funded).reserved_micros) == (100_000, 100_000)
     with funded.session() as s:
