@@ -5,7 +5,7 @@ database) on CLINC150 ``full``: selection on the 3,000 validation queries, one f
 4,500 test queries. Prints a markdown section and writes it to docs/BENCHMARKS.md. Dollars are
 wall time at ``WORKER_PRICE_PER_HOUR`` (default $1.00 an hour), what the worker's meter would charge.
 
-    python -m bench.prompt_loop            # about 8 minutes on 2 CPU cores
+    python -m bench.prompt_loop            # 3 search seeds, about 8 minutes each on 2 CPU cores
     python -m bench.prompt_loop --quick    # a one-round smoke run of the same path
 """
 
@@ -56,44 +56,80 @@ def last(job, name: str, slice=None) -> float:
     return [m.value for m in job.metrics if m.name == name and m.slice == slice][-1]
 
 
-def report(job, seconds: float, params: dict) -> str:
-    """The markdown section: test accuracy of seed and top-k, improvement, spread, cost."""
-    price = float(os.environ.get("WORKER_PRICE_PER_HOUR", "1.00"))
+RESULTS = REPO / "bench" / "results" / "prompt_loop"
+
+
+def summary(job, seconds: float, params: dict) -> dict:
+    """What the report needs from one seed's job, small enough to keep in the repository."""
     first_rung = f"n{params['minibatch']}"
-    seed = job.top_prompts["seed"]
+    rows = [("seed", job.top_prompts["seed"])] + [(f"top{p['rank']}", p) for p in job.top_prompts["prompts"]]
+    return {"seed": params["seed"], "seconds": seconds, "scorer": params["scorer"],
+            "improvement": last(job, "improvement"), "ci_low": last(job, "improvement.ci_low"),
+            "ci_high": last(job, "improvement.ci_high"), "se": last(job, "improvement_se"),
+            "candidates_tried": last(job, "candidates_tried"),
+            "spread": {k: last(job, f"spread_{k}", first_rung) for k in ("std", "min", "max", "iqr")},
+            "templates": [{"name": name, "template": p["template"], "origin": p["origin"], "val_accuracy": p["val_accuracy"],
+                           "fold_std": last(job, "val_fold_std", name), "test_accuracy": p["test_accuracy"]} for name, p in rows]}
+
+
+def report(runs: list[dict], params: dict) -> str:
+    """The markdown section: per seed, the seed template against the best found on test, then across seeds."""
+    from core.stats import mean_ci
+
+    price = float(os.environ.get("WORKER_PRICE_PER_HOUR", "1.00"))
     lines = [
         ("Zero-shot intent classification on CLINC150 (`full`, 150 intents) by cosine similarity between a "
-        "query's MiniLM-L6 embedding and each label rendered through a template. The loop searches templates "
-        f"on validation ({params['rounds']} rounds of {params['candidates_per_round']} candidates, successive "
-        f"halving from {params['minibatch']} to 3,000 rows); only the final top-{params['top_k']} and the seed "
-        "touch the 4,500 test queries. Re-run: `python -m bench.prompt_loop`."),
+        "query's MiniLM-L6 embedding and each label rendered through a template. Each search seed runs the whole "
+        f"loop: {params['rounds']} rounds of {params['candidates_per_round']} candidates on validation, successive "
+        f"halving from {params['minibatch']} to 3,000 rows. Selection reads validation only; the seed template and the "
+        f"final top-{params['top_k']} are then scored once on the 4,500 test queries. The interval is the payload's "
+        "1,000-round paired bootstrap over test queries (best minus seed template). Re-run: "
+        "`python -m bench.prompt_loop --seeds 3` (each seed's result is kept in `bench/results/prompt_loop/`)."),
         "",
-        "| template | origin | val acc | fold std | test acc |",
-        "|---|---|---:|---:|---:|",
+        "| search seed | best template (origin) | val acc | seed template test acc | best test acc | improvement, points [95% CI] | candidates | wall |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, p in [("seed", seed)] + [(f"top{p['rank']}", p) for p in job.top_prompts["prompts"]]:
-        std = last(job, "val_fold_std", name)
-        lines.append(f"| `{p['template']}` ({name}) | {p['origin']} | {p['val_accuracy']:.3f} | {std:.3f} | {p['test_accuracy']:.3f} |")
+    for run in runs:
+        seed_row, best = run["templates"][0], run["templates"][1]
+        lines.append(f"| {run['seed']} | `{best['template']}` ({best['origin']}) | {best['val_accuracy']:.3f} | "
+                     f"{seed_row['test_accuracy']:.3f} | {best['test_accuracy']:.3f} | "
+                     f"{run['improvement']:+.2f} [{run['ci_low']:+.2f}, {run['ci_high']:+.2f}] | {run['candidates_tried']:.0f} | "
+                     f"{run['seconds']:.0f} s |")
+    gain = mean_ci([r["improvement"] for r in runs])
+    spread = ", ".join(f"seed {r['seed']}: std {r['spread']['std']:.3f} (min {r['spread']['min']:.3f}, max {r['spread']['max']:.3f})"
+                       for r in runs)
+    across = (f"{gain.mean:+.2f} ± {gain.half_width:.2f} points (95% t-interval over {gain.n} search seeds)"
+              if gain.half_width is not None else f"{gain.mean:+.2f} points (1 seed)")
+    total = sum(r["seconds"] for r in runs)
     lines += [
         "",
-        f"- **improvement** (top 1 minus seed, test): **{last(job, 'improvement'):+.2f} points** "
-        f"(paired standard error {last(job, 'improvement_se'):.2f})",
-        (f"- candidates tried: {last(job, 'candidates_tried'):.0f}; first-rung accuracy spread over all of them "
-        f"({params['minibatch']} rows): std {last(job, 'spread_std', first_rung):.3f}, min {last(job, 'spread_min', first_rung):.3f}, "
-        f"max {last(job, 'spread_max', first_rung):.3f}, IQR {last(job, 'spread_iqr', first_rung):.3f}"),
-        f"- wall time {seconds:.0f} s; cost ${seconds / 3600 * price:.4f} at ${price:.2f}/h",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        f"- **improvement** (best found minus the seed template, test): {across}.",
+        f"- first-rung validation accuracy spread over every candidate ({params['minibatch']} rows): {spread}",
+        f"- wall time {total:.0f} s in all; ${total / 3600 * price:.4f} at ${price:.2f}/h",
+        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores shared with other work, no GPU",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round; numbers meaningless")
+    parser.add_argument("--quick", action="store_true", help="one short round; numbers meaningless, nothing kept")
+    parser.add_argument("--seeds", type=int, default=3, help="search seeds, each a whole run")
     args = parser.parse_args()
     params = QUICK if args.quick else FULL
-    job, seconds = measure(params)
-    body = report(job, seconds, params)
+    runs = []
+    for seed in range(args.seeds):
+        path = RESULTS / f"seed{seed}.json"
+        if path.exists() and not args.quick:
+            runs.append(json.loads(path.read_text()))
+            continue
+        job, seconds = measure({**params, "seed": seed})
+        runs.append(summary(job, seconds, {**params, "seed": seed}))
+        if not args.quick:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(runs[-1], indent=1))
+        print(f"seed {seed}: {runs[-1]['improvement']:+.2f} points, {seconds:.0f} s", file=sys.stderr)
+    body = report(runs, params)
     print(f"## Prompt loop\n\n{body}")
     if not args.quick:
         from bench.common import write_section
