@@ -9,25 +9,18 @@ and a figure never puts two units on one axis.
 from __future__ import annotations
 
 import html
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-import specs
 from core.errors import InvalidInput
 from core.money import format_micros
 from models.history import MetricPoint, ReportData
-from models.views import JobView
+from models.views import ImprovementRow, JobView
 
 MAX_FIGURES = 12  # per section: a report of a long-running budget stays readable
-# Student's t, two-sided 95%, by degrees of freedom (then the normal 1.96): mean +- t * sd / sqrt(n).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-       20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
-       29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 
 
 @dataclass(frozen=True)
@@ -70,6 +63,12 @@ class Results:
         seen = dict.fromkeys(m.name for m in self.of(job_id) if m.name.endswith(suffix) and (m.step is not None) == stepped)
         return list(seen)
 
+    def improvement_rows(self) -> list[ImprovementRow]:
+        """Every job with its scalar metrics, as ``producer.summary`` reads them (the last value logged wins)."""
+        return [ImprovementRow(j.id, j.initiative, j.status, j.charged_micros, j.idempotency_key,
+                               {m.name: m.value for m in self.of(j.id) if m.slice is None and m.step is None})
+                for j in self.data.jobs]
+
     def jobs_of(self, initiative: str, *, succeeded_only: bool = True) -> list[JobView]:
         jobs = [j for j in self.data.jobs if j.initiative == initiative and (j.status == "succeeded" or not succeeded_only)]
         return sorted(jobs, key=lambda j: j.created_at)
@@ -106,35 +105,6 @@ def _write(data: ReportData, out: Path, extra_initiatives: str) -> Path:
     index = out / "index.html"
     index.write_text(page(data, sections), encoding="utf-8")
     return index
-
-
-# --- numbers ---------------------------------------------------------------------------------
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95% interval from Student's t (n >= 2)."""
-    mean, n = statistics.fmean(values), len(values)
-    df = n - 1
-    # Between the table's rows take the smaller df's (larger) t: the wider, safer interval.
-    t = T95[max(k for k in T95 if k <= df)] if df <= 120 else 1.96
-    half = t * statistics.stdev(values) / n**0.5
-    return mean, mean - half, mean + half
-
-
-def plan_entry(job: JobView) -> str:
-    """The plan entry a job ran for (seeds of one entry share it), else the job itself."""
-    key = job.idempotency_key
-    if key and key.startswith("plan:"):
-        return key.split("#seed", 1)[0]
-    return f"job:{job.id}"
-
-
-def unit_label(initiative: str, extra: str) -> Optional[str]:
-    try:
-        unit = specs.get(initiative, extra).unit
-    except Exception:  # noqa: BLE001 - an initiative this machine does not know: shown without a unit
-        return None
-    return None if unit is None else unit.label
 
 
 # --- HTML ------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from core.money import format_share
 from models.history import ReportData
 from models.views import JobView
 from producer import plots
-from producer.report import (
-    MAX_FIGURES, Results, Section, empty, esc, img, mean_ci95, money, more, plan_entry, table, unit_label,
-)
+from core.stats import Estimate
+from producer.report import MAX_FIGURES, Results, Section, empty, esc, img, money, more, table
+from producer.summary import summarize
 
 
 def _naive_utc(when: datetime) -> datetime:
@@ -78,26 +78,22 @@ def _spend_by_initiative(data: ReportData) -> str:
 
 
 def improvement(results: Results, images: Path, extra: str) -> Section:
-    """Dollars against improvement per plan entry, seeds of one entry pooled, one panel per unit."""
+    """Dollars against improvement per plan entry, seeds of one entry pooled, one panel per unit.
+
+    The groups, their order, intervals and cost per run are ``producer.summary``'s, the same as
+    ``budgetq results`` shows: failed runs' money counts, and figures rank only within their unit.
+    """
     title = "Dollars against improvement, per initiative (in its own unit)"
-    groups: dict[str, list[JobView]] = defaultdict(list)
-    for job in results.data.jobs:
-        if job.status == "succeeded" and results.scalar(job.id, "improvement") is not None:
-            groups[plan_entry(job)].append(job)
+    groups = [g for g in summarize(results.improvement_rows(), extra) if g.improvement is not None and g.unit is not None]
     if not groups:
         return Section("improvement", title, empty("No succeeded job reported an `improvement` yet (augment, prompt_loop, curriculum, distill do)."))
     rows, panels = [], defaultdict(list)
-    for entry, jobs in sorted(groups.items()):
-        values = [results.scalar(j.id, "improvement") for j in jobs]
-        charged = sum(j.charged_micros for j in jobs)
-        low, high, how = _interval(results, jobs, values)
-        mean = sum(values) / len(values)
-        unit = unit_label(jobs[0].initiative, extra) or "no declared unit"
-        per_run = charged / len(jobs) / 1e6
-        label = entry.split(":")[-1] if entry.startswith("plan:") else _short(jobs[0])
-        panels[unit].append((label, per_run, mean, low, high))
-        rows.append([label, jobs[0].initiative, unit, len(jobs), money(charged), f"{mean:.4g}",
-                     "" if low is None else f"[{low:.4g}, {high:.4g}]", how, f"{mean / per_run:.4g}" if per_run else ""])
+    for g in groups:
+        gain, per_run, label = g.improvement, g.cost_per_run_micros / 1e6, g.group.split(":")[-1]
+        panels[g.unit.label].append((label, per_run, gain.mean, gain.low, gain.high))
+        rows.append([label, g.initiative, g.unit.label, g.jobs, money(g.charged_micros), f"{gain.mean:.4g}",
+                     "" if gain.low is None else f"[{gain.low:.4g}, {gain.high:.4g}]", _interval_kind(gain),
+                     "" if g.per_dollar is None else f"{g.per_dollar:.4g}"])
     name = "improvement.png"
     plots.improvement(images / name, sorted(panels.items()))
     columns = ["entry", "initiative", "unit", "runs", "charged (all runs)", "improvement (mean)", "95% interval", "interval",
@@ -105,17 +101,11 @@ def improvement(results: Results, images: Path, extra: str) -> Section:
     return Section("improvement", title, table(columns, rows) + img(name, "dollars against improvement per initiative"))
 
 
-def _interval(results: Results, jobs: list[JobView], values: list[float]) -> tuple[Optional[float], Optional[float], str]:
-    if len(values) >= 2:
-        _, low, high = mean_ci95(values)
-        return low, high, f"t over {len(values)} seeds"
-    low, high = results.scalar(jobs[0].id, "improvement.ci_low"), results.scalar(jobs[0].id, "improvement.ci_high")
-    if low is not None and high is not None:
-        return low, high, "paired bootstrap"
-    se = results.scalar(jobs[0].id, "improvement_se")
-    if se is not None:
-        return values[0] - 1.96 * se, values[0] + 1.96 * se, "paired, +-1.96 SE"
-    return None, None, "one run, no interval"
+def _interval_kind(gain: Estimate) -> str:
+    """How ``summary`` got the interval: a t-interval over seeds, or the single run's paired bootstrap."""
+    if gain.n >= 2:
+        return f"t over {gain.n} seeds"
+    return "paired bootstrap" if gain.low is not None else "one run, no interval"
 
 
 # --- what the models learned -----------------------------------------------------------------

@@ -15,7 +15,7 @@ from rich.console import Console
 from models import endings, ledger, queries
 from models.views import Claim
 from worker.display import outcome_line, read_snapshot, render
-from worker.runtime import ProgressLog
+from worker.ledger_context import ProgressLog
 
 
 def admitted_and_claimed(store, *, estimate: int = 300_000) -> Claim:
@@ -83,7 +83,7 @@ def test_a_settled_jobs_line_states_its_real_outcome_its_error_and_its_notes(sto
 def test_progress_lines_come_at_the_rarer_of_every_n_seconds_and_every_tenth_of_the_steps(caplog, monkeypatch):
     claim = Claim("job1", 1, "baseline", {}, 300_000, None, 3)
     clock = iter(range(0, 10_000, 5))  # five seconds pass between reports
-    monkeypatch.setattr("worker.runtime.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("worker.ledger_context.time.monotonic", lambda: next(clock))
     caplog.set_level(logging.INFO, logger="budgetq.jobs")
     progress = ProgressLog(claim, every_seconds=150)  # 150 s: every 30th step, rarer than every 10% (20 steps)
     for step in range(1, 201):

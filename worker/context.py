@@ -1,8 +1,8 @@
 """What a payload sees of the queue: the ``JobContext`` protocol.
 
 Payloads (``worker/initiatives/*``) depend on this protocol only, never on Celery or the ledger,
-so each runs and tests without a broker. The worker's implementation (``worker.runtime``) meters
-cost, heartbeats, buffers metrics and artifacts, and writes them when the job settles.
+so each runs and tests without a broker. The worker's implementation (``worker.ledger_context``)
+meters cost, heartbeats, buffers metrics and artifacts, and writes them when the job settles.
 """
 
 from __future__ import annotations
