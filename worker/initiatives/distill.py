@@ -13,7 +13,8 @@ baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, size) on the tes
 validation split (``val.accuracy``, ``teacher.val.accuracy``) for choosing a configuration without
 touching test. Speed is timed separately with teacher and student in alternation in one process,
 CPU fp32 (``worker.ml.serving``): latency p50 at batch 1 and throughput at ``serving_batch``
-(``speed.<who>.*``). The student's rows are logged unprefixed, as baseline logs its model's,
+(``speed.<who>.*``); on a machine with CUDA, the same timing again on the GPU, logged apart
+(``speed.cuda.<who>.*``, ``speed.cuda.throughput_ratio``). The student's rows are logged unprefixed, as baseline logs its model's,
 because the student is this job's ``model`` artifact and later jobs read them so; the teacher's
 carry ``teacher.``. ``improvement`` is the throughput ratio at the serving batch (a speed ratio):
 distillation buys serving speed, and ``accuracy_retained`` and ``overall.*_delta`` say what it cost.
@@ -114,7 +115,8 @@ def _overall(rows) -> dict[str, float]:
 
 
 def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) -> dict[str, dict[str, float]]:
-    """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation."""
+    """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation; the CPU
+    figures are the ones compared. With a GPU, teacher and student are timed again there (``speed.cuda.*``)."""
     from worker.ml.serving import TorchPredictor, paired_speed
 
     predictors = {"teacher": TorchPredictor(teacher, teacher_tokenizer, max_length=params.max_length),
@@ -128,7 +130,31 @@ def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) ->
     for who, values in speed.items():
         for name, value in values.items():
             ctx.log_metric(f"speed.{who}.{name}", value)
+    _cuda_speed(ctx, {"teacher": (teacher, teacher_tokenizer), "student": (student.model, student.tokenizer)}, dataset, params)
     return speed
+
+
+def _cuda_speed(ctx, models: dict, dataset, params: Params) -> None:
+    """Where CUDA is present: the same predictors and timing on the GPU (fp32 eager, copies of the
+    models), logged apart as ``speed.cuda.<who>.*`` and ``speed.cuda.throughput_ratio``."""
+    import copy
+
+    import torch
+
+    from worker.ml.serving import TorchPredictor, paired_speed
+
+    if not torch.cuda.is_available():
+        return
+    predictors = {who: TorchPredictor(copy.deepcopy(model), tokenizer, max_length=params.max_length, device="cuda")
+                  for who, (model, tokenizer) in models.items()}
+    speed = paired_speed(predictors, dataset.test.texts, serving_batch=params.serving_batch,
+                         samples=params.latency_samples, rounds=params.speed_rounds)
+    for who, values in speed.items():
+        for name, value in values.items():
+            ctx.log_metric(f"speed.cuda.{who}.{name}", value)
+    ctx.log_metric("speed.cuda.throughput_ratio", speed["student"]["throughput_per_s"] / speed["teacher"]["throughput_per_s"])
+    del predictors
+    torch.cuda.empty_cache()
 
 
 def _int8_student(ctx, student, dataset, params: Params):

@@ -129,6 +129,18 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def autocast(device: str):
+    """bf16 autocast on CUDA (fp16 where the GPU lacks bf16); on the CPU, fp32 as it is."""
+    import contextlib
+
+    import torch
+
+    if device != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
 def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, device: str) -> dict[str, Any]:
     """Tokenize one batch, padded to its longest text (not to ``max_length``: short intents stay cheap)."""
     batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")

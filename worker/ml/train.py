@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 from core.errors import BudgetStop
 from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
-from worker.ml.modeling import Pretokenized, pick_device
+from worker.ml.modeling import Pretokenized, autocast, pick_device
 from worker.ml.phases import Phases
 
 # Losses reach the host in bursts: a host sync per step would stall a GPU while Python queues the next.
@@ -224,13 +224,17 @@ class _Reported:
 
 
 def _validate(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
-    """Score the validation split, log it, and let early stopping see the macro-F1."""
+    """Score the validation split, log it, and let early stopping see the macro-F1 (all of it evaluate time)."""
+    with loop.phases("evaluate"):
+        _score_validation(ctx, loop, val, step, run, on_eval)
+
+
+def _score_validation(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
     from worker.ml.evaluate import accuracy, infer, macro_f1
 
     texts, truth = val
-    with loop.phases("evaluate"):
-        predicted = infer(loop.model, loop.tokenizer, texts, max_length=loop.cfg.max_length).predictions()
-        loop.model.train()  # infer switched to eval mode; training goes on after this
+    predicted = infer(loop.model, loop.tokenizer, texts, max_length=loop.cfg.max_length).predictions()
+    loop.model.train()  # infer switched to eval mode; training goes on after this
     right, f1 = accuracy(truth, predicted), macro_f1(truth, predicted)
     ctx.log_metric(f"{run}.val_accuracy", right, step=step)
     ctx.log_metric(f"{run}.val_macro_f1", f1, step=step)
@@ -308,7 +312,7 @@ class _Loop:
         for j in range(cfg.grad_accum):
             indices = self.batches.indices((step - 1) * cfg.grad_accum + j)
             batch = self.tokens.batch(indices)
-            with _autocast(self.device):
+            with autocast(self.device):
                 loss = self._loss(batch, self.labels[indices], indices) / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total = loss.detach().float() if total is None else total + loss.detach().float()  # no host sync here
@@ -351,15 +355,6 @@ def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
     # fp16 needs loss scaling; bf16 (Ampere and later) has the range to go without.
     scaler = torch.amp.GradScaler("cuda") if device == "cuda" and not torch.cuda.is_bf16_supported() else None
     return optimizer, scheduler, scaler
-
-
-def _autocast(device: str):
-    import torch
-
-    if device != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 class _Batches:
