@@ -170,25 +170,35 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     model.train()
     with phases("train"), _progress(ctx, plan.steps, run) as advance:
         reported = _Reported(ctx, run, result, advance)
-        for step in range(result.step + 1, plan.steps + 1):
-            if loop.early.stopped:
-                break  # a resumed attempt of a run that had already stopped early
-            if ctx.should_stop():
+        try:
+            _steps(ctx, loop, plan, result, reported, val, run, on_step, on_eval)
+        finally:
+            # Interrupted (a soft time limit, an error), the steps taken still reach the loss curve.
+            with contextlib.suppress(Exception):
                 reported.flush()
-                loop.stop(result.step)
-            lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on after it
-            reported.add(step, lr, loop.optimizer_step(step))
-            validate = val and plan.eval_every and (step % plan.eval_every == 0 or step == plan.steps)
-            if validate:
-                reported.flush()
-                _validate(ctx, loop, val, step, run, on_eval)
-            if step % cfg.checkpoint_every == 0 or step == plan.steps or loop.early.stopped:
-                reported.flush()
-                loop.checkpoint(step)
-            if on_step is not None:
-                on_step(step)
-        reported.flush()
     return _finish(ctx, loop, result, run, len(texts))
+
+
+def _steps(ctx: Any, loop: "_Loop", plan: Plan, result: TrainResult, reported: "_Reported", val, run: str,
+           on_step, on_eval) -> None:
+    """The steps from where this attempt starts to the cap, an early stop or a ``BudgetStop``."""
+    for step in range(result.step + 1, plan.steps + 1):
+        if loop.early.stopped:
+            break  # a resumed attempt of a run that had already stopped early
+        if ctx.should_stop():
+            reported.flush()
+            loop.stop(result.step)
+        lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on after it
+        reported.add(step, lr, loop.optimizer_step(step))
+        if val and plan.eval_every and (step % plan.eval_every == 0 or step == plan.steps):
+            reported.flush()
+            _validate(ctx, loop, val, step, run, on_eval)
+        if step % loop.cfg.checkpoint_every == 0 or step == plan.steps or loop.early.stopped:
+            reported.flush()
+            loop.checkpoint(step)
+        if on_step is not None:
+            on_step(step)
+    reported.flush()
 
 
 class _Reported:
