@@ -11,6 +11,7 @@ from typing import Any, Optional
 from rich.console import Console
 from rich.table import Table
 
+from core.phases import time_split
 from models.views import BudgetEvent, BudgetView, JobView, PreemptionSummary
 from producer.forecast import Forecast, PlanForecast
 from core.money import dollars, format_micros, format_share
@@ -188,6 +189,16 @@ def results_header(j: JobView) -> list[str]:
 
 
 def results_summary(j: JobView, metrics: list[Any], failure_count: int) -> dict[str, Any]:
+    headline = headline_metrics(metrics)
     return {"status": j.status, "attempts": j.attempts, "charged": dollars(j.charged_micros),
             "estimate": dollars(j.estimate_micros), "device": j.device, "work_steps": j.work_steps,
-            "headline": headline_metrics(metrics), "failure_count": failure_count}
+            "headline": headline, "time": time_json(headline), "failure_count": failure_count}
+
+
+def time_json(headline: dict[str, float]) -> Optional[dict[str, Any]]:
+    """Where the last attempt's wall time went (seconds by phase), or None for a job that does not time its phases."""
+    split = time_split(headline)
+    if split is None:
+        return None
+    return {"seconds": split.seconds, "other_seconds": split.other, "wall_seconds": split.wall,
+            "train_share": split.train_share, "train_samples_per_s": split.samples_per_s}

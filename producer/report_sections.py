@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from core.money import format_share
+from core.phases import PHASES, time_split
 from models.history import ReportData
 from models.views import JobView
 from producer import plots
@@ -247,8 +248,11 @@ def out_of_scope(results: Results, images: Path) -> Section:
 
 DISTILL_PANELS = (
     ("size on disk (MB)", "teacher.size_bytes", "size_bytes", None, 1e-6),
-    ("latency p50, batch 1 (ms)", "speed.teacher.latency_p50_ms", "speed.student.latency_p50_ms", "speed.int8.latency_p50_ms", 1.0),
-    ("throughput, batch 64 (rows/s)", "speed.teacher.throughput_per_s", "speed.student.throughput_per_s", "speed.int8.throughput_per_s", 1.0),
+    ("CPU latency p50, batch 1 (ms)", "speed.teacher.latency_p50_ms", "speed.student.latency_p50_ms", "speed.int8.latency_p50_ms", 1.0),
+    ("CPU throughput, batch 64 (rows/s)", "speed.teacher.throughput_per_s", "speed.student.throughput_per_s", "speed.int8.throughput_per_s", 1.0),
+    # Only where the job ran with CUDA (the int8 student is ONNX Runtime on the CPU: no GPU figure).
+    ("CUDA latency p50, batch 1 (ms)", "speed.cuda.teacher.latency_p50_ms", "speed.cuda.student.latency_p50_ms", None, 1.0),
+    ("CUDA throughput, batch 64 (rows/s)", "speed.cuda.teacher.throughput_per_s", "speed.cuda.student.throughput_per_s", None, 1.0),
     ("test accuracy", "teacher.accuracy", "accuracy", "int8.accuracy", 1.0),
 )
 
@@ -319,16 +323,32 @@ def failures(data: ReportData, results: Results) -> Section:
 
 
 def notes(data: ReportData, results: Results) -> Section:
-    """Warnings jobs recorded, and the phases (``phase.<name>.seconds``) of jobs that time theirs."""
-    title = "Job notes, warnings and phases"
+    """Warnings jobs recorded, where each training job's time went, and why jobs stopped."""
+    title = "Job notes, warnings and where the time went"
     parts = [table(["job", "attempt", "at", "note"], [
         [_short(results.jobs[n.job_id]), n.attempt, n.created_at.strftime("%Y-%m-%d %H:%M:%S"), n.text] for n in data.notes])
         if data.notes else empty("No job recorded a note or warning.")]
-    phases = [[_short(results.jobs[m.job_id]), m.attempt, m.name[len("phase."):], f"{m.value:.4g}"]
-              for m in data.metrics if m.name.startswith("phase.") and m.step is None]
-    parts.append(table(["job", "attempt", "phase", "value"], phases) if phases
-                 else empty("No job recorded phases (`phase.<name>.seconds` metrics)."))
+    parts.append(_time_table(data, results))
     stopped = [[_short(j), j.status, j.attempts, money(j.charged_micros), j.error] for j in data.jobs if j.error]
     if stopped:
         parts.append("<h3>Why jobs stopped</h3>" + table(["job", "status", "attempts", "charged", "reason"], stopped))
     return Section("notes", title, "".join(parts))
+
+
+def _time_table(data: ReportData, results: Results) -> str:
+    """One row per attempt that timed its phases: seconds per phase, the train share, training rows/s."""
+    attempts: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for m in data.metrics:
+        if m.step is None and m.slice is None:
+            attempts[(m.job_id, m.attempt)][m.name] = m.value
+    rows = []
+    for (job_id, attempt), values in attempts.items():
+        split = time_split(values)
+        if split is not None:
+            job = results.jobs[job_id]
+            rows.append([_short(job), attempt, job.device or "", *(f"{split.seconds[p]:.1f}" for p in PHASES),
+                         f"{split.other:.1f}", f"{split.wall:.1f}", f"{100 * split.train_share:.0f}%", f"{split.samples_per_s:.1f}"])
+    if not rows:
+        return empty("No job recorded where its time went (`phase.<name>.seconds` metrics).")
+    columns = ["job", "attempt", "device", *(f"{p} (s)" for p in PHASES), "other (s)", "wall (s)", "train share", "train rows/s"]
+    return "<h3>Where the time went</h3>" + table(columns, rows)

@@ -163,3 +163,28 @@ def test_a_crossed_threshold_is_logged_by_the_worker_and_recorded_once(ran):
     events = json.loads(env.ok("budget", "show", "loop", "--json").stdout)["events"]
     assert [e["threshold"] for e in events] == ["0.01%"] and events[0]["total"] == "1.000000"
     assert json.loads(env.ok("budget", "audit", "--json").stdout)["ok"]
+
+
+def test_results_and_the_report_show_where_each_training_job_s_time_went(ran, tmp_path):
+    from datetime import datetime
+
+    from core.phases import PHASES
+
+    env, ids, _, _ = ran
+    plain = env.ok("results", "--job", ids["baseline"]).stdout
+    assert all(f"phase.{p}.seconds" in plain for p in PHASES) and "train.samples_per_s" in plain
+    for name in ("baseline", "augment", "distill"):
+        done = json.loads(env.ok("results", "--job", ids[name], "--json").stdout)
+        spent, job = done["summary"]["time"], done["job"]
+        wall = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+        assert set(spent["seconds"]) == set(PHASES) and all(s >= 0 for s in spent["seconds"].values()), name
+        assert sum(spent["seconds"].values()) <= spent["wall_seconds"] <= wall, name
+        assert spent["seconds"]["train"] > 0 and spent["train_samples_per_s"] > 0, name
+    # Robustness trains nothing and times no phases: its summary says so rather than showing zeros.
+    assert json.loads(env.ok("results", "--job", ids["robustness"], "--json").stdout)["summary"]["time"] is None
+    out = tmp_path / "report"
+    env.ok("report", "--budget", "loop", "--out", str(out))
+    notes = _section((out / "index.html").read_text(), "notes")
+    assert "Where the time went" in notes
+    row = _row(notes, f"baseline {ids['baseline'][:8]}")
+    assert row[1:3] == ["1", "cpu"] and row[-2].endswith("%") and float(row[-1]) > 0

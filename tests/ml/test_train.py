@@ -170,3 +170,20 @@ def test_the_plan_validates_once_per_epoch_or_per_validation_sized_stretch_and_w
     fixed = Plan.of(TrainConfig(steps=600, batch_size=32), rows=1500, val_rows=3000)
     assert (fixed.steps, fixed.warmup, fixed.early_stopping, fixed.eval_every) == (600, 60, False, 0)  # as before: no validation
     assert not Plan.of(TrainConfig(epochs=3), rows=100, val_rows=0).early_stopping  # nothing to stop on
+
+
+def test_a_run_interrupted_between_loss_reports_still_logs_every_step_it_took(ctx_factory, tiny_bert, dataset):
+    # The losses reach the host in bursts (one sync per report); an interruption must not lose a burst.
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(step: int) -> None:
+        if step == 4:  # between the checkpoint at 0 and the one at 5: nothing flushed these steps yet
+            raise Interrupted
+
+    seed_everything(CONFIG.seed)
+    model, tokenizer = load_classifier(str(tiny_bert), dataset.labels)
+    ctx = ctx_factory("interrupted")
+    with pytest.raises(Interrupted):
+        train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), CONFIG, ctx, on_step=interrupt)
+    assert sorted(losses(ctx)) == [1, 2, 3, 4] and [r["step"] for r in ctx.reports] == [1, 2, 3, 4]

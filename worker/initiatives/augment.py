@@ -34,26 +34,35 @@ def run(params: Params, ctx) -> None:
     from worker.ml.data import note_val_carved
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
     from worker.ml.modeling import load_saved
+    from worker.ml.phases import recorded
 
-    source = model_source(ctx, params.model_job)
-    model, tokenizer, spec, dataset = load_model(source, ctx)
-    note_val_carved(ctx, dataset)
-    targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
-    variants = generate(ctx, params, dataset.train, targets, tokenizer)
-    if params.choose:
-        variants = choose(ctx, params, source, dataset, targets, variants)
-    extra = _joined(variants.values())
-    ctx.log_metric("aug.kept", len(extra))
-    arms = {"baseline": None, "control": dataset.train, "augmented": dataset.train.plus(extra)}
-    predicted = {}
-    for arm, train_set in arms.items():
-        if train_set is not None:
-            # Each arm starts from the stored model afresh; only its training data differs.
-            model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
-            _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm)
-        predicted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
-    ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
-    _log_gain(ctx, dataset, targets, predicted["control"], predicted["augmented"], params.seed)
+    # Generating the variants is in no phase: the report shows it as the wall time left over ("other").
+    with recorded(ctx) as phases:
+        with phases("load"):
+            source = model_source(ctx, params.model_job)
+            model, tokenizer, spec, dataset = load_model(source, ctx)
+            note_val_carved(ctx, dataset)
+        with phases("evaluate"):
+            targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
+        variants = generate(ctx, params, dataset.train, targets, tokenizer)
+        if params.choose:
+            with phases("train"):  # the choice's short trials, scored on validation
+                variants = choose(ctx, params, source, dataset, targets, variants)
+        extra = _joined(variants.values())
+        ctx.log_metric("aug.kept", len(extra))
+        arms = {"baseline": None, "control": dataset.train, "augmented": dataset.train.plus(extra)}
+        predicted = {}
+        for arm, train_set in arms.items():
+            if train_set is not None:
+                with phases("load"):
+                    model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
+                _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm, phases)
+            with phases("evaluate"):
+                predicted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
+        with phases("save"):
+            ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
+        with phases("evaluate"):
+            _log_gain(ctx, dataset, targets, predicted["control"], predicted["augmented"], params.seed)
 
 
 def _validation_scores(model, tokenizer, dataset, max_length: int) -> dict[str, float]:
@@ -177,7 +186,7 @@ def _dedupe(candidates: list[tuple[str, str]], seen: set, tokenizer) -> list[tup
     return kept
 
 
-def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx, arm: str) -> None:
+def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx, arm: str, phases=None) -> None:
     """Train one arm under the plan both arms share: the augmented data's step cap, the original data's cadence."""
     from dataclasses import replace
 
@@ -189,7 +198,7 @@ def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx,
         cfg = replace(cfg, max_steps=Plan.of(cfg, len(augmented), val_rows).steps,
                       eval_every=Plan.of(cfg, len(dataset.train), val_rows).eval_every)
     train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=arm,
-          val=(dataset.val.texts, dataset.label_ids(dataset.val)))
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)), phases=phases)
 
 
 def _evaluate_arm(ctx, model, tokenizer, dataset, targets: list[str], arm: str, max_length: int):

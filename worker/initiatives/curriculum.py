@@ -24,24 +24,32 @@ def run(params: Params, ctx) -> None:
     from worker.ml.evaluate import accuracy, comparison_rows, log_rows
     from worker.ml.lineage import DataSpec, save_model
     from worker.ml.modeling import load_classifier
+    from worker.ml.phases import recorded
     from worker.ml.train import seed_everything
 
-    spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
-    dataset = spec.load()
-    note_val_carved(ctx, dataset)
-    predicted = {}
-    for arm in ARMS:
-        seed_everything(params.seed)  # the same random head in every arm: only the sampling differs
-        model, tokenizer = load_classifier(params.model, dataset.labels)
-        train_arm(model, tokenizer, dataset, arm, params, ctx)
-        predicted[arm] = _test_arm(ctx, model, tokenizer, dataset, arm, params.max_length)
-        if arm == "curriculum":
-            ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
-    truth = dataset.label_ids(dataset.test)
-    log_rows(ctx, comparison_rows(truth, predicted["uniform"], predicted["curriculum"], metric=accuracy, seed=params.seed))
+    with recorded(ctx) as phases:
+        with phases("load"):
+            spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
+            dataset = spec.load()
+            note_val_carved(ctx, dataset)
+        predicted = {}
+        for arm in ARMS:
+            with phases("load"):
+                seed_everything(params.seed)  # the same random head in every arm: only the sampling differs
+                model, tokenizer = load_classifier(params.model, dataset.labels)
+            train_arm(model, tokenizer, dataset, arm, params, ctx, phases)
+            with phases("evaluate"):
+                predicted[arm] = _test_arm(ctx, model, tokenizer, dataset, arm, params.max_length)
+            if arm == "curriculum":
+                with phases("save"):
+                    ctx.save_artifact("model", save_model(model, tokenizer, dataset.labels, spec, ctx.work_dir / "model"))
+        with phases("evaluate"):
+            truth = dataset.label_ids(dataset.test)
+            rows = comparison_rows(truth, predicted["uniform"], predicted["curriculum"], metric=accuracy, seed=params.seed)
+        log_rows(ctx, rows)
 
 
-def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
+def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx, phases=None) -> None:
     """Train one arm in place, logging the loss distribution, validation accuracy and wall time."""
     import time
 
@@ -57,11 +65,11 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx) -> None:
                                     s_max=params.s_max, anneal=params.anneal, anneal_fraction=params.anneal_fraction,
                                     seed=params.seed, shuffled=arm == "random",
                                     sampler=params.sampler, beta=params.beta)
-    watch = _Watch(ctx, table, arm, params, plan.steps)
+    watch = _Watch(ctx, table, arm, params, plan.steps, phases)
     start = time.perf_counter()
     done = train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), cfg, ctx, run=arm,
                  val=(dataset.val.texts, dataset.label_ids(dataset.val)), batches=sampler, loss_fn=per_row_loss(table),
-                 on_step=watch, on_eval=watch.validated)
+                 on_step=watch, on_eval=watch.validated, phases=phases)
     ctx.log_metric(f"{arm}.wall_s", time.perf_counter() - start)
     if done.resumed_from:
         # Wall time and the validation curve cover this attempt's steps only; the earlier attempt logged the rest.
@@ -75,13 +83,17 @@ class _Watch:
     """The ``on_step`` hook (loss quantiles every ``quantile_every`` steps) and the ``on_eval`` hook
     (the first validation that meets ``target_accuracy``; the training loop logs the scores)."""
 
-    def __init__(self, ctx, table, arm: str, params: Params, last_step: int) -> None:
+    def __init__(self, ctx, table, arm: str, params: Params, last_step: int, phases=None) -> None:
+        from worker.ml.phases import Phases
+
         self.ctx, self.table, self.arm, self.params, self.last_step = ctx, table, arm, params, last_step
+        self.phases = phases if phases is not None else Phases()
         self.reached = None  # the first step whose validation accuracy met the target
 
     def __call__(self, step: int) -> None:
         self.table.tick(step)
-        self.table.save(_table_path(self.ctx, self.arm))
+        with self.phases("checkpoint"):  # saved every step, so a resumed attempt draws from these losses
+            self.table.save(_table_path(self.ctx, self.arm))
         if step % self.params.quantile_every == 0 or step == self.last_step:
             for name, value in self.table.summary().items():
                 self.ctx.log_metric(f"{self.arm}.train_loss_{name}", value, step=step)

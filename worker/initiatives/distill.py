@@ -13,7 +13,8 @@ baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, size) on the tes
 validation split (``val.accuracy``, ``teacher.val.accuracy``) for choosing a configuration without
 touching test. Speed is timed separately with teacher and student in alternation in one process,
 CPU fp32 (``worker.ml.serving``): latency p50 at batch 1 and throughput at ``serving_batch``
-(``speed.<who>.*``). The student's rows are logged unprefixed, as baseline logs its model's,
+(``speed.<who>.*``); on a machine with CUDA, the same timing again on the GPU, logged apart
+(``speed.cuda.<who>.*``, ``speed.cuda.throughput_ratio``). The student's rows are logged unprefixed, as baseline logs its model's,
 because the student is this job's ``model`` artifact and later jobs read them so; the teacher's
 carry ``teacher.``. ``improvement`` is the throughput ratio at the serving batch (a speed ratio):
 distillation buys serving speed, and ``accuracy_retained`` and ``overall.*_delta`` say what it cost.
@@ -30,43 +31,52 @@ def run(params: Params, ctx) -> None:
     from worker.ml.evaluate import comparison_rows, infer, log_rows
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
 
-    source = model_source(ctx, params.model_job)
-    teacher, teacher_tokenizer, spec, dataset = load_model(source, ctx)
-    note_val_carved(ctx, dataset)
-    if params.layers >= teacher.config.num_hidden_layers:
-        raise PermanentError(f"layers={params.layers}: the teacher has only {teacher.config.num_hidden_layers}")
-    # The teacher first: its report is worth keeping even when the budget stops the student's training.
-    teacher_test = infer(teacher, teacher_tokenizer, dataset.test.texts, max_length=params.max_length)
-    teacher_rows = _evaluate(teacher, teacher_tokenizer, dataset, ctx.fetch_artifact(source, MODEL_ARTIFACT), params, teacher_test)
-    log_rows(ctx, teacher_rows, prefix="teacher.")
-    teacher_val = val_accuracy(teacher, teacher_tokenizer, dataset, params)
-    ctx.log_metric("teacher.val.accuracy", teacher_val)
-    student = train_student(teacher, teacher_tokenizer, dataset, params, ctx)
-    folder = save_model(student.model, student.tokenizer, dataset.labels, spec, ctx.work_dir / "model")
-    ctx.save_artifact("model", folder)
-    student_test = infer(student.model, student.tokenizer, dataset.test.texts, max_length=params.max_length)
-    student_rows = _evaluate(student.model, student.tokenizer, dataset, folder, params, student_test)
-    log_rows(ctx, student_rows)
-    student_val = val_accuracy(student.model, student.tokenizer, dataset, params)
-    ctx.log_metric("val.accuracy", student_val)
-    ctx.log_metric("val.accuracy_retained", student_val / teacher_val)
-    speed = _speed(ctx, teacher, teacher_tokenizer, student, dataset, params)
-    throughput = _log_ratios(ctx, _overall(teacher_rows), _overall(student_rows), speed)
-    # improvement (the speed ratio), the overall accuracy and macro-F1 change, and the trade-off flag.
-    log_rows(ctx, comparison_rows(dataset.label_ids(dataset.test), teacher_test.predictions(), student_test.predictions(),
-                                  improvement=throughput, gain_above=1.0))
+    from worker.ml.phases import recorded
+
+    with recorded(ctx) as phases:
+        with phases("load"):
+            source = model_source(ctx, params.model_job)
+            teacher, teacher_tokenizer, spec, dataset = load_model(source, ctx)
+            note_val_carved(ctx, dataset)
+        if params.layers >= teacher.config.num_hidden_layers:
+            raise PermanentError(f"layers={params.layers}: the teacher has only {teacher.config.num_hidden_layers}")
+        with phases("evaluate"):
+            teacher_test = infer(teacher, teacher_tokenizer, dataset.test.texts, max_length=params.max_length)
+            teacher_rows = _evaluate(teacher, teacher_tokenizer, dataset, ctx.fetch_artifact(source, MODEL_ARTIFACT), params, teacher_test)
+            log_rows(ctx, teacher_rows, prefix="teacher.")
+            teacher_val = val_accuracy(teacher, teacher_tokenizer, dataset, params)
+            ctx.log_metric("teacher.val.accuracy", teacher_val)
+        student = train_student(teacher, teacher_tokenizer, dataset, params, ctx, phases)
+        with phases("save"):
+            folder = save_model(student.model, student.tokenizer, dataset.labels, spec, ctx.work_dir / "model")
+            ctx.save_artifact("model", folder)
+        with phases("evaluate"):  # accuracy, then the paired speed measurement
+            student_test = infer(student.model, student.tokenizer, dataset.test.texts, max_length=params.max_length)
+            student_rows = _evaluate(student.model, student.tokenizer, dataset, folder, params, student_test)
+            log_rows(ctx, student_rows)
+            student_val = val_accuracy(student.model, student.tokenizer, dataset, params)
+            ctx.log_metric("val.accuracy", student_val)
+            ctx.log_metric("val.accuracy_retained", student_val / teacher_val)
+            speed = _speed(ctx, teacher, teacher_tokenizer, student, dataset, params)
+            throughput = _log_ratios(ctx, _overall(teacher_rows), _overall(student_rows), speed)
+            log_rows(ctx, comparison_rows(dataset.label_ids(dataset.test), teacher_test.predictions(), student_test.predictions(),
+                                          improvement=throughput, gain_above=1.0))
 
 
-def train_student(teacher, teacher_tokenizer, dataset, params: Params, ctx):
+def train_student(teacher, teacher_tokenizer, dataset, params: Params, ctx, phases=None):
     """Cut the student from ``teacher`` and train it (resuming from this job's checkpoints); a ``Student``."""
     from worker.ml.distill import DistillLoss, LossWeights, build_student, stratified_sample, teacher_layers
     from worker.ml.train import config_from, seed_everything, train
 
+    from worker.ml.phases import Phases
+
+    phases = phases if phases is not None else Phases()
     sample = stratified_sample(dataset.train, params.sample_fraction, params.seed)
     ctx.log_metric("distill.train_rows", len(sample))
     seed_everything(params.seed)
-    student = build_student(teacher, teacher_tokenizer, layers=params.layers, layer_map=params.layer_map,
-                            corpus=dataset.train.texts if params.prune_vocab else ())
+    with phases("load"):
+        student = build_student(teacher, teacher_tokenizer, layers=params.layers, layer_map=params.layer_map,
+                                corpus=dataset.train.texts if params.prune_vocab else ())
     weights = LossWeights(params.temperature, params.alpha, params.hidden_weight, params.attention_weight,
                           params.value_weight, params.attention_layers)
     # Intermediate targets: the uniform map whatever the initialisation, so the student's last layer
@@ -80,7 +90,7 @@ def train_student(teacher, teacher_tokenizer, dataset, params: Params, ctx):
 
     # Up to ``epochs`` passes, stopped early on a validation plateau with the best weights kept.
     train(student.model, student.tokenizer, sample.texts, dataset.label_ids(sample), config_from(params), ctx, run="distill",
-          val=(dataset.val.texts, dataset.label_ids(dataset.val)), loss_fn=loss_fn, on_step=log_terms)
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)), loss_fn=loss_fn, on_step=log_terms, phases=phases)
     return student
 
 
@@ -105,7 +115,8 @@ def _overall(rows) -> dict[str, float]:
 
 
 def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) -> dict[str, dict[str, float]]:
-    """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation."""
+    """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation; the CPU
+    figures are the ones compared. With a GPU, teacher and student are timed again there (``speed.cuda.*``)."""
     from worker.ml.serving import TorchPredictor, paired_speed
 
     predictors = {"teacher": TorchPredictor(teacher, teacher_tokenizer, max_length=params.max_length),
@@ -119,7 +130,31 @@ def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) ->
     for who, values in speed.items():
         for name, value in values.items():
             ctx.log_metric(f"speed.{who}.{name}", value)
+    _cuda_speed(ctx, {"teacher": (teacher, teacher_tokenizer), "student": (student.model, student.tokenizer)}, dataset, params)
     return speed
+
+
+def _cuda_speed(ctx, models: dict, dataset, params: Params) -> None:
+    """Where CUDA is present: the same predictors and timing on the GPU (fp32 eager, copies of the
+    models), logged apart as ``speed.cuda.<who>.*`` and ``speed.cuda.throughput_ratio``."""
+    import copy
+
+    import torch
+
+    from worker.ml.serving import TorchPredictor, paired_speed
+
+    if not torch.cuda.is_available():
+        return
+    predictors = {who: TorchPredictor(copy.deepcopy(model), tokenizer, max_length=params.max_length, device="cuda")
+                  for who, (model, tokenizer) in models.items()}
+    speed = paired_speed(predictors, dataset.test.texts, serving_batch=params.serving_batch,
+                         samples=params.latency_samples, rounds=params.speed_rounds)
+    for who, values in speed.items():
+        for name, value in values.items():
+            ctx.log_metric(f"speed.cuda.{who}.{name}", value)
+    ctx.log_metric("speed.cuda.throughput_ratio", speed["student"]["throughput_per_s"] / speed["teacher"]["throughput_per_s"])
+    del predictors
+    torch.cuda.empty_cache()
 
 
 def _int8_student(ctx, student, dataset, params: Params):

@@ -129,7 +129,48 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def autocast(device: str):
+    """bf16 autocast on CUDA (fp16 where the GPU lacks bf16); on the CPU, fp32 as it is."""
+    import contextlib
+
+    import torch
+
+    if device != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
 def encode(tokenizer: Any, texts: Sequence[str], *, max_length: int, device: str) -> dict[str, Any]:
     """Tokenize one batch, padded to its longest text (not to ``max_length``: short intents stay cheap)."""
     batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {key: value.to(device) for key, value in batch.items()}
+
+
+class Pretokenized:
+    """Texts tokenized once and kept on ``device``; ``batch(indices)`` is exactly ``encode`` of those texts.
+
+    All rows are padded to the longest; a batch takes its rows and only as many columns as its own
+    longest row needs, which is what padding the batch alone gives (right padding; left padding
+    keeps the last columns). The training loop builds one per run instead of tokenizing every step.
+    """
+
+    def __init__(self, tokenizer: Any, texts: Sequence[str], *, max_length: int, device: str) -> None:
+        self.device, self.left = device, tokenizer.padding_side == "left"
+        if not texts:
+            self.tensors, self.lengths = {}, []
+            return
+        encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        self.lengths = encoded["attention_mask"].sum(dim=1).tolist()  # on the host: no device sync per batch
+        self.tensors = {key: value.to(device) for key, value in encoded.items()}
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        import torch
+
+        width = max(self.lengths[i] for i in indices)
+        rows = torch.tensor(list(indices), device=self.device)
+        columns = slice(-width, None) if self.left else slice(0, width)
+        return {key: value[:, columns][rows] for key, value in self.tensors.items()}

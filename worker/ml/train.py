@@ -11,10 +11,17 @@ AdamW with linear warmup then linear decay to zero at the planned last step (``s
 ``epochs`` full epochs). The decay horizon is the cap, fixed before the first step, so a resumed
 attempt follows the same schedule; early stopping only cuts it short. Warmup is ``warmup_ratio`` of
 the planned steps but at most one epoch: a long cap must not delay the first plateau check.
-Gradient accumulation; bf16/fp16 autocast on CUDA when a GPU is present. Every
+Gradient accumulation; bf16/fp16 autocast and fused AdamW on CUDA when a GPU is present. Every
 ``checkpoint_every`` optimizer steps the full state, early-stopping state and best weights included,
 goes to ``checkpoint_dir/<run>/``; a new attempt resumes from the newest one at the same step with
 the same data order, so the loss curve continues where the preempted attempt left it.
+
+Speed (measured by ``bench/gpu_efficiency.py``): the training texts are tokenized once per run and
+kept on the device, each micro-batch a slice of them padded to its own longest row, exactly what
+tokenizing the batch would give; the losses stay on the device and reach the host (one sync) only
+where they are reported: every ``SYNC_STEPS`` steps or ``SYNC_SECONDS`` seconds, before a
+validation, a checkpoint or a stop, and at the end. Where the time goes is logged through
+``worker.ml.phases``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ from typing import Any, Optional
 
 from core.errors import BudgetStop
 from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
-from worker.ml.modeling import encode, pick_device
+from worker.ml.modeling import Pretokenized, autocast, pick_device
+from worker.ml.phases import Phases
+
+# Losses reach the host in bursts: a host sync per step would stall a GPU while Python queues the next.
+SYNC_STEPS = 10
+SYNC_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +143,7 @@ def seed_everything(seed: int) -> None:
 def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[int], cfg: TrainConfig, ctx: Any, *,
           run: str = "train", val: Optional[tuple[Sequence[str], Sequence[int]]] = None, batches: Any = None,
           loss_fn: Callable[..., Any] | None = None, on_step: Callable[[int], None] | None = None,
-          on_eval: Callable[[int, float, float], None] | None = None) -> TrainResult:
+          on_eval: Callable[[int, float, float], None] | None = None, phases: Optional[Phases] = None) -> TrainResult:
     """Fine-tune ``model`` in place as ``cfg`` plans (see the module docstring), resuming from the latest checkpoint.
 
     ``val`` is (texts, label ids) of the validation split. Logs ``<run>.loss`` and ``<run>.lr`` per
@@ -143,40 +155,91 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     batch, labels, indices) -> loss`` replaces the model's mean cross-entropy and runs the forward
     pass itself, so it can ask for what it needs (per-row logits, hidden states, another model's
     outputs for the same rows); ``on_step(step)`` runs after each step; ``on_eval(step, accuracy,
-    macro_f1)`` after each validation.
+    macro_f1)`` after each validation. ``phases`` (the job's, from ``worker.ml.phases.recorded``)
+    is charged this run's load, tokenize, train, evaluate and checkpoint time and its training rows.
     """
+    phases = phases if phases is not None else Phases()
     seed_everything(cfg.seed)
     val = val if val and len(val[0]) else None  # an empty validation split validates nothing
     plan = Plan.of(cfg, len(texts), len(val[0]) if val else 0)
-    loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn)
+    with phases("load"):
+        loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn, phases)
     # Each saved checkpoint is handed to the context, which makes it durable (object storage).
     loop.on_saved = getattr(ctx, "checkpoint_saved", None)
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
-    with _progress(ctx, plan.steps, run) as advance:
-        for step in range(result.step + 1, plan.steps + 1):
-            if loop.early.stopped:
-                break  # a resumed attempt of a run that had already stopped early
-            if ctx.should_stop():
-                loop.stop(result.step)
-            lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on after it
-            loss = loop.optimizer_step(step)
-            result.losses.append(loss)
-            result.step = step
-            ctx.log_metric(f"{run}.loss", loss, step=step)
-            ctx.log_metric(f"{run}.lr", lr, step=step)
-            if val and plan.eval_every and (step % plan.eval_every == 0 or step == plan.steps):
-                _validate(ctx, loop, val, step, run, on_eval)
-            if step % cfg.checkpoint_every == 0 or step == plan.steps or loop.early.stopped:
-                loop.checkpoint(step)
-            if on_step is not None:
-                on_step(step)
-            advance(step, loss)
+    with phases("train"), _progress(ctx, plan.steps, run) as advance:
+        reported = _Reported(ctx, run, result, advance)
+        try:
+            _steps(ctx, loop, plan, result, reported, val, run, on_step, on_eval)
+        finally:
+            # Interrupted (a soft time limit, an error), the steps taken still reach the loss curve.
+            with contextlib.suppress(Exception):
+                reported.flush()
     return _finish(ctx, loop, result, run, len(texts))
 
 
+def _steps(ctx: Any, loop: "_Loop", plan: Plan, result: TrainResult, reported: "_Reported", val, run: str,
+           on_step, on_eval) -> None:
+    """The steps from where this attempt starts to the cap, an early stop or a ``BudgetStop``."""
+    for step in range(result.step + 1, plan.steps + 1):
+        if loop.early.stopped:
+            break  # a resumed attempt of a run that had already stopped early
+        if ctx.should_stop():
+            reported.flush()
+            loop.stop(result.step)
+        lr = loop.scheduler.get_last_lr()[0]  # the rate this step uses; the scheduler moves on after it
+        reported.add(step, lr, loop.optimizer_step(step))
+        if val and plan.eval_every and (step % plan.eval_every == 0 or step == plan.steps):
+            reported.flush()
+            _validate(ctx, loop, val, step, run, on_eval)
+        if step % loop.cfg.checkpoint_every == 0 or step == plan.steps or loop.early.stopped:
+            reported.flush()
+            loop.checkpoint(step)
+        if on_step is not None:
+            on_step(step)
+    reported.flush()
+
+
+class _Reported:
+    """Per-step losses held on the device until a flush brings them all to the host in one sync,
+    then logged, appended to the result and reported as progress, step by step in order."""
+
+    def __init__(self, ctx: Any, run: str, result: TrainResult, advance: Callable[[int, float], None]) -> None:
+        import time
+
+        self.ctx, self.run, self.result, self.advance, self.clock = ctx, run, result, advance, time.perf_counter
+        self.pending: list[tuple[int, float, Any]] = []  # (step, lr, loss on the device)
+        self.since = self.clock()
+
+    def add(self, step: int, lr: float, loss: Any) -> None:
+        self.pending.append((step, lr, loss))
+        if len(self.pending) >= SYNC_STEPS or self.clock() - self.since >= SYNC_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        import torch
+
+        self.since = self.clock()
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, _, loss in self.pending]).tolist()  # the one sync
+        for (step, lr, _), loss in zip(self.pending, values):
+            self.result.losses.append(loss)
+            self.result.step = step
+            self.ctx.log_metric(f"{self.run}.loss", loss, step=step)
+            self.ctx.log_metric(f"{self.run}.lr", lr, step=step)
+            self.advance(step, loss)
+        self.pending.clear()
+
+
 def _validate(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
-    """Score the validation split, log it, and let early stopping see the macro-F1."""
+    """Score the validation split, log it, and let early stopping see the macro-F1 (all of it evaluate time)."""
+    with loop.phases("evaluate"):
+        _score_validation(ctx, loop, val, step, run, on_eval)
+
+
+def _score_validation(ctx: Any, loop: "_Loop", val, step: int, run: str, on_eval) -> None:
     from worker.ml.evaluate import accuracy, infer, macro_f1
 
     texts, truth = val
@@ -210,34 +273,39 @@ class _Loop:
     """One training run's state: model, optimizer, schedule, data order, early stopping, checkpoint folder."""
 
     def __init__(self, model, tokenizer, texts, label_ids, cfg: TrainConfig, plan: Plan, folder: Path, batches=None,
-                 loss_fn=None) -> None:
+                 loss_fn=None, phases: Optional[Phases] = None) -> None:
         import torch
 
-        self.model, self.tokenizer, self.texts, self.cfg, self.plan, self.folder = model, tokenizer, texts, cfg, plan, folder
+        self.model, self.tokenizer, self.cfg, self.plan, self.folder = model, tokenizer, cfg, plan, folder
+        self.phases = phases if phases is not None else Phases()
         self.device = pick_device()
         model.to(self.device)
-        self.labels = torch.tensor(list(label_ids))
+        with self.phases("tokenize"):
+            self.tokens = Pretokenized(tokenizer, texts, max_length=cfg.max_length, device=self.device)
+        self.labels = torch.tensor(list(label_ids), device=self.device)
         self.batches = batches if batches is not None else _Batches(len(texts), cfg.batch_size, cfg.seed)
         self.loss_fn = loss_fn
         self.optimizer, self.scheduler, self.scaler = _optimizer(model, cfg, plan, self.device)
         self.early = EarlyStopping(cfg.patience, cfg.min_delta)
-        latest = latest_checkpoint(folder)
-        self.saved_step = load_checkpoint(latest, **self._state()) if latest else 0
-        if latest:
-            extra, weights = load_extra(latest)
-            if "early_stopping" in extra:
-                self.early.restore(extra["early_stopping"], weights)
+        with self.phases("checkpoint"):
+            latest = latest_checkpoint(folder)
+            self.saved_step = load_checkpoint(latest, **self._state()) if latest else 0
+            if latest:
+                extra, weights = load_extra(latest)
+                if "early_stopping" in extra:
+                    self.early.restore(extra["early_stopping"], weights)
         self.on_saved: Callable[[Path], None] | None = None
 
     def _state(self) -> dict[str, Any]:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
 
     def checkpoint(self, step: int) -> None:
-        saved = save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
-                                tensors=self.early.weights)
-        self.saved_step = step
-        if self.on_saved is not None:
-            self.on_saved(saved)
+        with self.phases("checkpoint"):
+            saved = save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
+                                    tensors=self.early.weights)
+            self.saved_step = step
+            if self.on_saved is not None:
+                self.on_saved(saved)
 
     def stop(self, step: int) -> None:
         # Checkpoint the progress since the last periodic save, so the next attempt resumes right here.
@@ -245,19 +313,20 @@ class _Loop:
             self.checkpoint(step)
         raise BudgetStop(f"stopped after step {step}; checkpoint in {self.folder}")
 
-    def optimizer_step(self, step: int) -> float:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
+    def optimizer_step(self, step: int) -> Any:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss, still on the device."""
         import torch
 
         cfg = self.cfg
-        total = 0.0
+        total = None
         for j in range(cfg.grad_accum):
             indices = self.batches.indices((step - 1) * cfg.grad_accum + j)
-            batch = encode(self.tokenizer, [self.texts[i] for i in indices], max_length=cfg.max_length, device=self.device)
-            with _autocast(self.device):
-                loss = self._loss(batch, self.labels[indices].to(self.device), indices) / cfg.grad_accum
+            batch = self.tokens.batch(indices)
+            with autocast(self.device):
+                loss = self._loss(batch, self.labels[indices], indices) / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += loss.item()  # a sync point per micro-batch; the loss curve needs the value anyway
+            total = loss.detach().float() if total is None else total + loss.detach().float()  # no host sync here
+            self.phases.samples += len(indices)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -283,7 +352,8 @@ def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    # Fused AdamW updates every parameter in a few CUDA kernels instead of a few per tensor; CPU keeps the default.
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True if device == "cuda" else None)
     warmup, last = plan.warmup, plan.steps
 
     def schedule(step: int) -> float:
@@ -295,15 +365,6 @@ def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
     # fp16 needs loss scaling; bf16 (Ampere and later) has the range to go without.
     scaler = torch.amp.GradScaler("cuda") if device == "cuda" and not torch.cuda.is_bf16_supported() else None
     return optimizer, scheduler, scaler
-
-
-def _autocast(device: str):
-    import torch
-
-    if device != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 class _Batches:
