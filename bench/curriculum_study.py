@@ -128,7 +128,7 @@ def steps_to(curve: list, target: float):
 
 
 def report() -> str:
-    from core.stats import mean_ci
+    from core.stats import mean_ci, t975
     from worker.ml.evaluate import accuracy, paired_bootstrap
 
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
@@ -164,7 +164,10 @@ def report() -> str:
             continue
         seeds = sorted({r["seed"] for r in mine})
         lines += ["", f"### `{variant}` ({mine[0]['train_rows']:,} training rows; seeds {', '.join(map(str, seeds))})", "",
-                  "Mean ± 95% t-interval across seeds. Δ: the arm minus `uniform` on the same seed (paired), in points.", "",
+                  (f"Mean ± 95% t-interval across seeds (t = {t975(len(seeds) - 1):.1f} for {len(seeds)} seeds). Δ: the arm minus `uniform` "
+                   "on the same seed (paired), in points. Steps to a target: mean ± interval over the seeds that reached it, then "
+                   "each seed's step (validation every "
+                   f"{mine[0]['eval_every']} steps; - : not reached within {mine[0]['steps']})."), "",
                   "| arm | seeds | test accuracy (%) | test macro-F1 (%) | Δ accuracy vs uniform | " +
                   " | ".join(f"steps to val {t:.0%}" for t in TARGETS) + " | wall per run |",
                   "|---|---:|---:|---:|---:|" + "---:|" * len(TARGETS) + "---:|"]
@@ -181,8 +184,8 @@ def report() -> str:
             for target in TARGETS:
                 hits = [steps_to(r["val_accuracy"], target) for r in done]
                 got = [h for h in hits if h is not None]
-                reach.append("not reached" if not got else
-                             f"{_fmt(mean_ci(got), digits=0)}" + ("" if len(got) == len(hits) else f" ({len(got)}/{len(hits)} reached)"))
+                seeds = "/".join("-" if h is None else str(h) for h in hits)
+                reach.append("not reached" if not got else f"{_fmt(mean_ci(got), digits=0, n=False)} ({seeds})")
             wall = sum(r["seconds"] for r in done) / len(done)
             lines.append(f"| {arm} | {len(done)} | {_fmt(acc)} | {_fmt(f1)} | {delta} | " + " | ".join(reach) + f" | {wall / 60:.1f} min |")
         lines += ["", "Per seed, the arm against `uniform` on the same test rows (1,000-round paired bootstrap, points):", ""]
@@ -204,10 +207,10 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def _fmt(estimate, *, signed: bool = False, digits: int = 2) -> str:
+def _fmt(estimate, *, signed: bool = False, digits: int = 2, n: bool = True) -> str:
     spec = f"{'+' if signed else ''}.{digits}f"
     if estimate.half_width is None:
-        return f"{estimate.mean:{spec}} (1 seed)"
+        return f"{estimate.mean:{spec}}" + (" (1 seed)" if n else "")
     return f"{estimate.mean:{spec}} ± {estimate.half_width:.{digits}f}"
 
 
