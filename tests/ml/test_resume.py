@@ -16,9 +16,10 @@ TRAIN = {"steps": 3000, "batch_size": 8, "lr": 5e-3, "warmup_ratio": 0.0, "check
 
 
 def test_a_budget_stopped_training_job_is_resumed_after_a_topup_and_continues_from_its_checkpoint(embedded, clinc_subset, tiny_bert):
-    # Given a job whose $0.01 reservation lasts 10 s at $3.60 an hour, on a $0.015 budget that warns at 50%
-    # (A long lease: on a loaded machine a 5 s one can lapse, and a reaped attempt is not what this tests.)
-    embedded.vars.update(OMP_NUM_THREADS="1", WORKER_PRICE_PER_HOUR="3.60", HEARTBEAT_SECONDS="0.5", LEASE_SECONDS="60")
+    # Given a job whose $0.01 reservation lasts 20 s at $1.80 an hour, on a $0.015 budget that warns at 50%
+    # (20 s: loading torch, transformers and even a tiny model takes about 10 s of it on a 2-core machine.
+    # A long lease: on a loaded machine a 5 s one can lapse, and a reaped attempt is not what this tests.)
+    embedded.vars.update(OMP_NUM_THREADS="1", WORKER_PRICE_PER_HOUR="1.80", HEARTBEAT_SECONDS="0.5", LEASE_SECONDS="60")
     embedded.ok("budget", "create", "b", "--total", "0.015", "--warn-at", "50%")
     params = {**TRAIN, "dataset": str(clinc_subset), "model": str(tiny_bert)}
     job_id = json.loads(embedded.ok("submit", "baseline", "--budget", "b", "--estimate", "0.01", "--json",
