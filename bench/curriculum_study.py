@@ -172,14 +172,17 @@ def report() -> str:
                   " | ".join(f"steps to val {t:.0%}" for t in TARGETS) + " | wall per run |",
                   "|---|---:|---:|---:|---:|" + "---:|" * len(TARGETS) + "---:|"]
         base = {r["seed"]: r for r in mine if r["arm"] == "uniform"}
+        deltas = {}
         for arm in ARMS:
             done = sorted((r for r in mine if r["arm"] == arm), key=lambda r: r["seed"])
             if not done:
                 continue
             acc = mean_ci([100 * r["test_accuracy"] for r in done])
             f1 = mean_ci([100 * r["test_macro_f1"] for r in done])
-            delta = "" if arm == "uniform" else _fmt(mean_ci([100 * (r["test_accuracy"] - base[r["seed"]]["test_accuracy"])
-                                                              for r in done if r["seed"] in base]), signed=True)
+            delta = ""
+            if arm != "uniform":
+                deltas[arm] = mean_ci([100 * (r["test_accuracy"] - base[r["seed"]]["test_accuracy"]) for r in done if r["seed"] in base])
+                delta = _fmt(deltas[arm], signed=True)
             reach = []
             for target in TARGETS:
                 hits = [steps_to(r["val_accuracy"], target) for r in done]
@@ -188,6 +191,11 @@ def report() -> str:
                 reach.append("not reached" if not got else f"{_fmt(mean_ci(got), digits=0, n=False)} ({seeds})")
             wall = sum(r["seconds"] for r in done) / len(done)
             lines.append(f"| {arm} | {len(done)} | {_fmt(acc)} | {_fmt(f1)} | {delta} | " + " | ".join(reach) + f" | {wall / 60:.1f} min |")
+        wins = [arm for arm, d in deltas.items() if d.low is not None and d.low > 0]
+        lines += ["", (f"**Verdict on `{variant}`:** " + (f"{', '.join(wins)} beat uniform with an interval above 0." if wins else
+                   "no arm beats uniform with an interval above 0 (" + "; ".join(
+                       f"{arm} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else f"{arm} {d.mean:+.2f} (1 seed)"
+                       for arm, d in deltas.items()) + ")."))]
         lines += ["", "Per seed, the arm against `uniform` on the same test rows (1,000-round paired bootstrap, points):", ""]
         for arm in ("curriculum", "selective", "random"):
             cells = []
