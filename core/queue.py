@@ -116,16 +116,6 @@ def publish_after_commit(store: Ledger, jobs: Sequence[Ready], *, mark: bool = T
     return sent
 
 
-def publish_ready(store: Ledger, *, job_ids: Sequence[str], mark: bool = True) -> list[str]:
-    """Publish those of ``job_ids`` that the committed ledger says can start now (the rest wait for
-    their dependencies, or are no longer queued). Returns the ids sent."""
-    if not job_ids:
-        return []
-    with store.session() as s:
-        ready = ledger.ready_to_publish(s, job_ids=list(job_ids))
-    return publish_after_commit(store, ready, mark=mark) if ready else []
-
-
 def missing_messages(store: Ledger, *, older_than_seconds: float, queues: Sequence[str] | None = None,
                      unacked_within: float = 30.0) -> list[Ready]:
     """Ready jobs, unchanged for ``older_than_seconds``, whose message the broker does not hold.
@@ -166,6 +156,9 @@ def reap(store: Ledger, *, resend_after_seconds: float, queues: Sequence[str] | 
     """
     with store.session() as s:
         closed = endings.reap_expired(s)
-    sent = publish_ready(store, job_ids=[c.job_id for c in closed if c.status == "requeued"])
+    requeued = [c.job_id for c in closed if c.status == "requeued"]
+    with store.session() as s:
+        ready = ledger.ready_to_publish(s, job_ids=requeued) if requeued else []
+    sent = publish_after_commit(store, ready) if ready else []
     sent += resend(store, older_than_seconds=resend_after_seconds, queues=queues)
     return closed, sent

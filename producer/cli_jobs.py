@@ -8,7 +8,7 @@ import typer
 
 from core.errors import InvalidInput
 from core.money import format_micros, parse_dollars
-from models import endings, queries, spend
+from models import endings, ledger, queries, spend
 from producer import render
 from producer.cli_support import JSON, MAX_SECONDS, open_ledger
 from producer.render import emit_json, say, table
@@ -74,9 +74,12 @@ def jobs_resume(
     with store.session() as s:
         job = spend.resume_job(s, job_id=job_id, estimate_micros=estimate_micros,
                                max_attempts=max_attempts or settings.max_attempts)
-    from core.queue import publish_ready
+    with store.session() as s:
+        ready = ledger.ready_to_publish(s, job_ids=[job.id])
+    if ready:
+        from core.queue import publish_after_commit
 
-    publish_ready(store, job_ids=[job.id], mark=False)
+        publish_after_commit(store, ready, mark=False)
     if as_json:
         emit_json(render.job_json(job))
     else:

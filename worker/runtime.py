@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 import specs
 from core.errors import BackendUnavailable, BudgetStop, ClaimRefused, LeaseLost, PermanentError, RetryableError
 from core.money import format_micros
-from core.queue import publish_after_commit, publish_ready
+from core.queue import publish_after_commit
 from core.settings import Settings, current_settings
 from core.status import JobStatus, Stop, StopReason, describe, next_status
 from models import ledger, queries, spend, views
@@ -139,7 +139,10 @@ class Runtime:
     def _hand_back(self, job_id: str) -> str:
         """Preempted before claiming: publish the job again (its message was taken) for another worker."""
         try:
-            publish_ready(self.store, job_ids=[job_id])
+            with self.store.session() as s:
+                ready = ledger.ready_to_publish(s, job_ids=[job_id])
+            if ready:
+                publish_after_commit(self.store, ready)
         except BackendUnavailable as exc:  # the upkeep leader re-sends it once the backends are back
             log.warning("could not hand job %s back: %s", job_id, exc)
         return "handed back"

@@ -33,7 +33,7 @@ from celery.worker import state as worker_state
 
 import specs
 from core.errors import BackendUnavailable, WorkerStopped
-from core.queue import default_app, missing_messages, publish_after_commit, publish_ready
+from core.queue import default_app, missing_messages, publish_after_commit
 from core.settings import PasswordMask, Settings
 from models import endings, fleet, ledger, queries
 from models.db import Ledger
@@ -309,7 +309,10 @@ class Upkeep(threading.Thread):
         for closed in reaped:
             log.warning("reaped job %s attempt %s: %s, charged %s micros", closed.job_id, closed.attempt, closed.status, closed.charge_micros)
             log_crossings(closed)
-        publish_ready(self.store, job_ids=[c.job_id for c in reaped if c.status == "requeued"])
+        requeued = [c.job_id for c in reaped if c.status == "requeued"]
+        if requeued:
+            with self.store.session() as s:
+                publish_after_commit(self.store, ledger.ready_to_publish(s, job_ids=requeued))
         older_than = min(self.settings.resend_after_seconds, 2.0) if self.burst else self.settings.resend_after_seconds
         try:
             missing = missing_messages(self.store, older_than_seconds=older_than, unacked_within=max(30.0, 2 * self.settings.lease_seconds))
