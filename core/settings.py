@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     storage_options: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict, validation_alias="STORAGE_OPTIONS")
     extra_initiatives: str = Field("", validation_alias="BUDGETQ_INITIATIVES")
     clinc150_dir: str = Field("", validation_alias="CLINC150_DIR")
+    # Downloaded data (CLINC150 files, NLTK's WordNet copy): $BUDGETQ_HOME/cache when BUDGETQ_HOME is
+    # set, else the user's ~/.cache/budgetq, shared by every project on the machine.
+    cache_location: str = Field("", validation_alias="BUDGETQ_CACHE")
     # Debian's wordnet-base; without it (and without WordNet on NLTK's own data path) the steps that
     # need WordNet are skipped with a note on the job.
     wordnet_dir: Path = Field(Path("/usr/share/wordnet"), validation_alias="WORDNET_DIR")
@@ -109,6 +112,7 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if v not in (None, "")}
             home = Path(data.get("BUDGETQ_HOME") or ".budgetq").absolute()
+            data.setdefault("BUDGETQ_CACHE", str(home / "cache" if data.get("BUDGETQ_HOME") else Path.home() / ".cache" / "budgetq"))
             data["BUDGETQ_HOME"] = home
             data.setdefault("DATABASE_URL", f"sqlite:///{home / 'ledger.db'}")
             data.setdefault("WORKER_NAME", f"{socket.gethostname()[:80]}-{os.getpid()}")
@@ -260,6 +264,11 @@ class Settings(BaseSettings):
         if self.checkpoint_location and "://" not in self.checkpoint_location:
             return Path(self.checkpoint_location)
         return self.home / "checkpoints"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where downloaded data is kept (``BUDGETQ_CACHE``)."""
+        return Path(self.cache_location).absolute()
 
     @property
     def spool_dir(self) -> Path:

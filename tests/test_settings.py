@@ -71,6 +71,14 @@ def test_the_wordnet_location_is_a_setting_defaulting_to_debians():
     assert str(load_settings({"WORDNET_DIR": "/opt/wn"}).wordnet_dir) == "/opt/wn"
 
 
+def test_downloads_are_cached_under_the_home_when_one_is_set_else_in_the_users_cache(tmp_path):
+    from pathlib import Path
+
+    assert load_settings({"BUDGETQ_HOME": str(tmp_path)}).cache_dir == tmp_path / "cache"
+    assert load_settings({}).cache_dir == Path.home() / ".cache" / "budgetq"
+    assert load_settings({"BUDGETQ_HOME": str(tmp_path), "BUDGETQ_CACHE": str(tmp_path / "dl")}).cache_dir == tmp_path / "dl"
+
+
 @pytest.mark.parametrize("text, hidden", [
     ("postgresql://u:p@ss@127.0.0.1:1/db failed", "p@ss"),  # a password holding '@'
     ("postgresql://u:p@ss@ss@127.0.0.1:1/db x", "ss@ss"),

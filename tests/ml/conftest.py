@@ -18,6 +18,7 @@ import pytest
 
 import specs
 from core.errors import PermanentError
+from core.settings import current_settings
 from worker.initiatives import load_payload
 from worker.context import FailureRow, MetricRow, PriorResult
 from worker.storage import digest, fetch_artifact
@@ -190,7 +191,9 @@ def _one_torch_thread():
 
 @pytest.fixture(autouse=True, scope="session")
 def _budgetq_home(tmp_path_factory):
-    # WordNet gets copied into $BUDGETQ_HOME/nltk_data once per test session, not into the user's home.
+    # WordNet gets copied into $BUDGETQ_HOME/cache/nltk_data once per test session, not into the user's home.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BUDGETQ_HOME", str(tmp_path_factory.getbasetemp() / "budgetq_home"))
+        current_settings.cache_clear()  # the settings are read once per process: read them again
         yield
+    current_settings.cache_clear()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import PermanentError
+from core.settings import current_settings
 from worker.ml import clinc150
 from worker.ml.data import load_dataset, load_folder
 
@@ -160,8 +161,17 @@ def test_hf_datasets_without_the_datasets_package_say_how_to_install_it(monkeypa
         load_dataset("hf:clinc_oos:plus")
 
 
-def test_clinc150_10shot_keeps_the_same_10_training_rows_per_intent_for_every_seed(clinc150_dir, monkeypatch):
+@pytest.fixture
+def clinc150_setting(clinc150_dir, monkeypatch):
+    """CLINC150_DIR set, and this process's settings read again so that they see it."""
     monkeypatch.setenv("CLINC150_DIR", str(clinc150_dir))
+    current_settings.cache_clear()
+    yield clinc150_dir
+    monkeypatch.undo()
+    current_settings.cache_clear()
+
+
+def test_clinc150_10shot_keeps_the_same_10_training_rows_per_intent_for_every_seed(clinc150_setting):
     shots, other_seed = load_dataset("clinc150", variant="10shot"), load_dataset("clinc150", variant="10shot", seed=9)
     full = load_dataset("clinc150", variant="full")
     assert len(shots.labels) == 150 and {shots.train.labels.count(label) for label in shots.labels} == {10}
@@ -172,8 +182,7 @@ def test_clinc150_10shot_keeps_the_same_10_training_rows_per_intent_for_every_se
         load_dataset("clinc150", variant="5shot")
 
 
-def test_clinc150_loads_offline_from_the_folder_named_by_CLINC150_DIR(clinc150_dir, monkeypatch):
-    monkeypatch.setenv("CLINC150_DIR", str(clinc150_dir))
+def test_clinc150_loads_offline_from_the_folder_named_by_CLINC150_DIR(clinc150_setting):
     dataset = load_dataset("clinc150", variant="small")
     assert len(dataset.labels) == 150 and len(dataset.train) == 7500
     assert len(dataset.oos_test) == 1000 and set(dataset.oos_test.slices) == {"oos"}

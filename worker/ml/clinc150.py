@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from core.errors import PermanentError, RetryableError
+from core.settings import Settings, current_settings
 
 COMMIT = "828f8093932c8fe6ca7936c3d2e52903b1c523de"
 BASE_URL = f"https://raw.githubusercontent.com/clinc/oos-eval/{COMMIT}/data"
@@ -30,19 +30,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KNOWN_SHA256: dict[str, str] = {}
 
 
-def clinc150_folder(variant: str) -> Path:
-    """The folder of ``<split>.jsonl`` files for ``variant``: local if present, else downloaded."""
+def clinc150_folder(variant: str, settings: Settings | None = None) -> Path:
+    """The folder of ``<split>.jsonl`` files for ``variant``: local if present, else downloaded.
+
+    ``settings`` (default: this process's) name the local folder (``CLINC150_DIR``) and the cache."""
     if variant not in VARIANTS:
         raise PermanentError(f"clinc150: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    local = Path(os.environ.get("CLINC150_DIR") or REPO_ROOT.parent / "shared" / "data" / "clinc150")
+    settings = settings or current_settings()
+    local = Path(settings.clinc150_dir or REPO_ROOT.parent / "shared" / "data" / "clinc150")
     if (local / variant).is_dir():
         return local / variant
-    return _download_variant(variant, cache_dir() / "clinc150" / COMMIT)
-
-
-def cache_dir() -> Path:
-    home = os.environ.get("BUDGETQ_HOME")
-    return (Path(home) / "cache" if home else Path.home() / ".cache" / "budgetq").absolute()
+    return _download_variant(variant, settings.cache_dir / "clinc150" / COMMIT)
 
 
 def _download_variant(variant: str, cache: Path) -> Path:

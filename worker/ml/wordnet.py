@@ -11,12 +11,12 @@ CI installs Debian's WordNet files: ``apt-get install -y --no-install-recommends
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Optional
 
 from core.errors import PermanentError
+from core.settings import current_settings
 
 # Debian's wordnet-base puts the Princeton WordNet 3.0 database files here (WORDNET_DIR's default).
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
@@ -96,10 +96,8 @@ def wordnet_pos_tag(token: str) -> str:
 
 
 def nltk_data_dir() -> Path:
-    """Where budgetq keeps its NLTK data: $BUDGETQ_HOME/nltk_data, else ~/.cache/budgetq/nltk_data."""
-    home = os.environ.get("BUDGETQ_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "budgetq"
-    return (base / "nltk_data").absolute()
+    """Where budgetq keeps its NLTK data: ``nltk_data`` in the download cache (``BUDGETQ_CACHE``)."""
+    return current_settings().cache_dir / "nltk_data"
 
 
 def ensure_wordnet(wordnet_dir: Optional[Path] = None) -> None:
@@ -124,8 +122,6 @@ def ensure_wordnet(wordnet_dir: Optional[Path] = None) -> None:
 
 
 def _configured_wordnet_dir() -> Path:
-    from core.settings import current_settings
-
     return current_settings().wordnet_dir
 
 
