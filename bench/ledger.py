@@ -143,13 +143,13 @@ def raw_cycle(raw, name: str) -> tuple[float, float]:
 
 def measure(target, url: str, processes: int, seconds: float, *extra) -> dict[str, dict]:
     """Run ``processes`` workers for ``seconds``; per path: cycles/s, gate and settle latency, overspend, audit."""
-    from models import ledger, queries
+    from models import queries, spend
     from models.db import Ledger
 
     store = Ledger(url)
     store.upgrade()
     with store.session() as s:
-        ledger.create_budget(s, name="bench", total_micros=TOTAL)
+        spend.create_budget(s, name="bench", total_micros=TOTAL)
     spawn = multiprocessing.get_context("spawn")
     start, out = spawn.Event(), spawn.Queue()
     procs = [spawn.Process(target=target, args=(url, seconds, start, out, *extra)) for _ in range(processes)]

@@ -45,7 +45,7 @@ def gated(jobs: int, concurrency: int) -> float:
     with fresh_postgres() as url:
         env = _env(DATABASE_URL=url, BUDGETQ_HOME=f"/tmp/budgetq-bench-{os.getpid()}")
         os.environ.update(env)  # this process is the producer
-        from models import ledger, queries
+        from models import queries, spend
         from models.db import Ledger
         from core.settings import load_settings
         from producer.admission import submit
@@ -54,7 +54,7 @@ def gated(jobs: int, concurrency: int) -> float:
         store = Ledger(url)
         store.upgrade()
         with store.session() as s:
-            ledger.create_budget(s, name="bench", total_micros=10**12)
+            spend.create_budget(s, name="bench", total_micros=10**12)
         worker = _start([sys.executable, "-m", "producer", "worker", "-Q", "noop", "-c", str(concurrency), "--loglevel", "warning"], env)
         try:
             _warm_up(lambda: submit(store, settings, budget="bench", initiative="noop", estimate_micros=1_000, params={},
@@ -81,12 +81,10 @@ def _warm_up(submit_one, store) -> None:
 
 
 def _settled(store) -> int:
-    from sqlalchemy import func, select
-
-    from models.schema import Job
+    from models.attempts import count_jobs
 
     with store.session() as s:
-        return s.scalar(select(func.count()).select_from(Job).where(Job.status == "succeeded"))
+        return count_jobs(s, statuses=("succeeded",))
 
 
 def plain(jobs: int, concurrency: int) -> float:

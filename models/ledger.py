@@ -15,7 +15,6 @@ from typing import Any, Optional
 
 from sqlalchemy import BigInteger, Integer, String, Text, and_, bindparam, case, exists, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import BudgetExhausted, ClaimRefused, InvalidInput, LeaseLost, NotFound
@@ -35,30 +34,8 @@ from models.closing import (
 )
 from models.moves import AMOUNT, ONE_STATEMENT_ON_POSTGRES, append_entry, budgets_t, entries_t, fits, reserve, reserving
 from models.queries import get_budget, job_by_key
-from models.schema import Budget, Job, JobDependency, Preemption
-from models.views import Beat, BudgetView, Claim, Closed, JobView, Ready, Usage
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets
-
-
-def create_budget(s: Session, *, name: str, total_micros: int) -> BudgetView:
-    """Create a budget and its ``fund`` entry. A second budget of the same name is refused."""
-    if not name or len(name) > 100 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise InvalidInput(f"budget name {name!r} must be 1-100 letters, digits, '-', '_' or '.'")
-    now = utcnow()
-    try:
-        with s.begin_nested():
-            budget_id = s.execute(
-                insert(Budget)
-                .values(name=name, total_micros=total_micros, spent_micros=0, reserved_micros=0, created_at=now)
-                .returning(Budget.id)
-            ).scalar_one()
-    except IntegrityError:
-        raise InvalidInput(f"budget {name!r} already exists; pick another name or use it as it is") from None
-    append_entry(s, budget_id=budget_id, job_id=None, attempt=0, kind="fund", amount=total_micros, now=now)
-    return BudgetView(budget_id, name, total_micros, 0, 0)
+from models.schema import Job, JobDependency, Preemption
+from models.views import Beat, Claim, Closed, JobView, Ready, Usage
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Steering a budget after admission: top-ups, resuming a budget-stopped job, spending thresholds.
+"""Budgets: creating one, and steering it after admission: top-ups, resuming a budget-stopped job, thresholds.
 
 Each change to a budget's money is one guarded UPDATE followed, in the same transaction, by the
 ledger entry it implies (``models.moves``), on PostgreSQL and SQLite alike, so ``budget audit``
@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import DateTime, Integer, String, and_, bindparam, exists, select, update
+from sqlalchemy import DateTime, Integer, String, and_, bindparam, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import BudgetExhausted, InvalidInput
@@ -29,6 +30,24 @@ from models.views import BudgetView, JobView
 MAX_TOTAL_MICROS = int(MAX_DOLLARS) * MICROS_PER_DOLLAR
 jobs_t = Job.__table__
 thresholds_t, events_t = BudgetThreshold.__table__, BudgetEvent.__table__
+
+
+def create_budget(s: Session, *, name: str, total_micros: int) -> BudgetView:
+    """Create a budget and its ``fund`` entry. A second budget of the same name is refused."""
+    if not name or len(name) > 100 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise InvalidInput(f"budget name {name!r} must be 1-100 letters, digits, '-', '_' or '.'")
+    now = _now()
+    try:
+        with s.begin_nested():
+            budget_id = s.execute(
+                insert(Budget)
+                .values(name=name, total_micros=total_micros, spent_micros=0, reserved_micros=0, created_at=now)
+                .returning(Budget.id)
+            ).scalar_one()
+    except IntegrityError:
+        raise InvalidInput(f"budget {name!r} already exists; pick another name or use it as it is") from None
+    append_entry(s, budget_id=budget_id, job_id=None, attempt=0, kind="fund", amount=total_micros, now=now)
+    return BudgetView(budget_id, name, total_micros, 0, 0)
 
 
 def _now() -> datetime:

@@ -11,7 +11,7 @@ from core.errors import BudgetExhausted, InvalidInput, NotFound
 from core.money import format_micros
 from core.queue import publish_after_commit
 from core.settings import Settings
-from models import ledger, queries, views
+from models import ledger, queries, spend, views
 from models.db import Ledger
 from models.views import JobView
 from producer.plan import Plan, PlanEntry
@@ -198,7 +198,7 @@ def _model_source_of(job: JobView, extra: str) -> Optional[str]:
     return job.params.get("model_job") or None if spec.uses_model else None
 def _create_budget_if_asked(s, plan: Plan) -> None:
     if plan.total_micros is not None and not _budget_exists(s, plan.budget):
-        ledger.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
+        spend.create_budget(s, name=plan.budget, total_micros=plan.total_micros)
 
 
 def _budget_exists(s, name: str) -> bool:

@@ -9,7 +9,7 @@ import typer
 from core.errors import InvalidInput
 from core.money import format_micros, format_share, parse_dollars, parse_share
 from core.settings import mask_url
-from models import ledger, queries, spend
+from models import queries, spend
 from producer import render
 from producer.cli_support import JSON, open_ledger
 from producer.render import emit_json, say, table
@@ -54,7 +54,7 @@ def budget_create(
     shares = [parse_share(w, what="--warn-at") for w in warn_at]
     _, store = open_ledger()
     with store.session() as s:
-        budget = ledger.create_budget(s, name=name, total_micros=total_micros)
+        budget = spend.create_budget(s, name=name, total_micros=total_micros)
         spend.set_thresholds(s, budget=name, thresholds_ppm=shares)
     emit_json(render.budget_json(budget)) if as_json else say(f"budget {name} created with {format_micros(total_micros)}")
 

@@ -3,7 +3,7 @@
 import multiprocessing
 
 
-from models import ledger, queries
+from models import ledger, queries, spend
 from models.db import Ledger
 from core.errors import BudgetExhausted
 
@@ -30,7 +30,7 @@ def _racer(url: str, start, results) -> None:
 
 def test_racing_admissions_admit_exactly_what_fits(store, db_url):
     with store.session() as s:
-        ledger.create_budget(s, name="race", total_micros=TOTAL)
+        spend.create_budget(s, name="race", total_micros=TOTAL)
     spawn = multiprocessing.get_context("spawn")
     start, results = spawn.Event(), spawn.Queue()
     racers = [spawn.Process(target=_racer, args=(db_url, start, results)) for _ in range(PROCESSES)]

@@ -156,3 +156,25 @@ def test_the_audit_notices_a_preemption_count_without_its_records(funded):
         s.execute(update(Job).where(Job.id == job.id).values(attempts=1, preemptions=1))
         problems = queries.audit(s)
     assert [p.detail for p in problems] == ["preemptions is 1 but 0 are recorded"]
+
+
+def test_the_fleet_audit_reads_who_runs_what_and_what_each_attempt_charged(funded):
+    from models import attempts
+
+    done, preempted, waiting = admit(funded, estimate=100_000), admit(funded, estimate=100_000), admit(funded, estimate=100_000)
+    claim(funded, done)
+    settle(funded, done, attempt=1, status=JobStatus.SUCCEEDED, cost=3_000)
+    claim(funded, preempted)
+    settle(funded, preempted, attempt=1, status=JobStatus.REQUEUED, cost=2_000, stop=Stop(StopReason.PREEMPTION), checkpoint=500)
+    claim(funded, preempted, worker="w2")
+    with funded.session() as s:
+        assert attempts.running_attempts(s, worker="w2") == [(preempted.id, 2)]
+        assert attempts.running_attempts(s, worker="w1") == []
+        assert attempts.count_jobs(s, statuses=("admitted", "requeued", "running")) == 2
+        audit = attempts.fleet_audit(s)
+    outcomes = {j.id: (j.status, j.attempts, j.preemptions, j.charged_micros) for j in audit.jobs}
+    assert outcomes == {done.id: ("succeeded", 1, 0, 3_000), preempted.id: ("running", 2, 1, 2_000),
+                        waiting.id: ("admitted", 0, 0, 0)}
+    assert audit.charges_per_attempt == {(done.id, 1): 1, (preempted.id, 1): 1}
+    assert audit.preempted == {(preempted.id, 1)} and audit.rejected_messages == 0
+    assert audit.preemptions_by_initiative == {preempted.initiative: (1, 2_000, 1_500)}

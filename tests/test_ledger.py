@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from models import endings, ledger, queries, views
+from models import endings, ledger, queries, spend, views
 from core.errors import BudgetExhausted, ClaimRefused, LeaseLost, NotFound
 from core.status import StopReason
 from models.schema import Budget, LedgerEntry
@@ -44,7 +44,7 @@ def assert_audit_clean(store):
 @pytest.fixture
 def funded(store):
     with store.session() as s:
-        ledger.create_budget(s, name="b", total_micros=1_000_000)
+        spend.create_budget(s, name="b", total_micros=1_000_000)
     return store
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from models import endings, ledger, queries
+from models import endings, ledger, queries, spend
 from models.views import Claim
 from worker.display import outcome_line, read_snapshot, render
 from worker.ledger_context import ProgressLog
@@ -20,7 +20,7 @@ from worker.ledger_context import ProgressLog
 
 def admitted_and_claimed(store, *, estimate: int = 300_000) -> Claim:
     with store.session() as s:
-        ledger.create_budget(s, name="b", total_micros=1_000_000)
+        spend.create_budget(s, name="b", total_micros=1_000_000)
         job, _ = ledger.admit_job(s, budget="b", initiative="baseline", queue="baseline", params={}, estimate_micros=estimate,
                                   max_attempts=3)
     with store.session() as s:

@@ -24,7 +24,7 @@ from worker.usage import work_steps
 @pytest.fixture
 def funded(store):
     with store.session() as s:
-        ledger.create_budget(s, name="b", total_micros=1_000_000)
+        spend.create_budget(s, name="b", total_micros=1_000_000)
     return store
 
 
@@ -165,7 +165,7 @@ def test_a_threshold_is_crossed_at_exactly_its_share_in_integers_even_for_the_la
     ppm = 333_333
     need = -(-ppm * total // 1_000_000)  # the first spent amount at or above the share, exactly
     with store.session() as s:
-        ledger.create_budget(s, name="b", total_micros=total)
+        spend.create_budget(s, name="b", total_micros=total)
         spend.set_thresholds(s, budget="b", thresholds_ppm=[ppm])
     below = admit(store, estimate=need - 1)
     claim(store, below)
