@@ -10,10 +10,9 @@ import pytest
 
 from core.errors import InvalidInput
 import specs
-from worker.initiatives import load_payload
 from worker.initiatives import prompt_loop
 from worker.ml import prompting
-from worker.ml.prompt_search import CausalLMScorer, rung_sizes, successive_halving
+from worker.ml.prompt_search import CausalLM, CausalLMScorer, rung_sizes, successive_halving
 
 # Small enough for seconds on 2 cores: 40 validation rows in rungs of 10, 20, 40.
 SEARCH = {"rounds": 2, "candidates_per_round": 6, "minibatch": 10, "max_val": 40, "folds": 4, "top_k": 2,
@@ -169,11 +168,41 @@ def test_contextual_calibration_removes_the_prior_an_lm_has_for_a_label():
         def ids(self, text):
             return [text]
 
-        def continuation_logprobs(self, pairs):
-            return [5.0 * (label[0].strip() == "balance") + 2.0 * (label[0].strip() in context[0]) for context, label in pairs]
+        def label_logprobs(self, context, labels):
+            return [5.0 * (label[0].strip() == "balance") + 2.0 * (label[0].strip() in context[0]) for label in labels]
 
     scorer = CausalLMScorer(BiasedLM(), ["balance", "transfer", "recipe"])
-    assert scorer.predict("about {label}", ["make a transfer now", "a recipe please", "my balance"]) == [1, 2, 0]
+    texts = ["make a transfer now", "a recipe please", "my balance"]
+    assert scorer.predict("about {label}", texts) == [1, 2, 0]
+    assert scorer.scores("about {label}", texts, calibrated=False).argmax(1).tolist() == [0, 0, 0]
+
+
+def test_label_scores_from_a_shared_context_cache_equal_whole_sequence_scores(tmp_path):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    # Given a tiny random GPT-2 with a word-level tokenizer, and labels of one to three words
+    vocab = {w: i for i, w in enumerate("<eos> my card was lost where is it about a request balance transfer money".split())}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=16, n_layer=2, n_head=2)).save_pretrained(tmp_path)
+    lm = CausalLM(str(tmp_path))
+    context, labels = lm.ids("my card was lost where is it about"), [lm.ids(w) for w in ("balance", "transfer money", "a request balance")]
+
+    # When each label is scored from the shared cache, and again as one whole sequence
+    shared = lm.label_logprobs(context, labels)
+    whole = []
+    with torch.inference_mode():
+        for label in labels:
+            ids = torch.tensor([context + label])
+            logprobs = lm.model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            whole.append(sum(float(logprobs[len(context) - 1 + i, t]) for i, t in enumerate(label)))
+
+    # Then both agree
+    assert shared == pytest.approx(whole, abs=1e-4)
 
 
 def test_mutations_and_crossovers_keep_the_label_field_and_never_repeat():

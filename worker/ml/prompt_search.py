@@ -14,6 +14,7 @@ inside functions only.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -97,35 +98,42 @@ class CausalLM:
         window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024)
         self.max_length = min(max_length, window)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        # transformers 5.2x renamed the cache argument; older models take past_key_values.
+        accepted = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in accepted else "past_key_values"
+        self._last_logit_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def continuation_logprobs(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[float]:
-        """Sum of log P(continuation | context) for each (context ids, continuation ids) pair."""
+    def label_logprobs(self, context: list[int], continuations: Sequence[list[int]]) -> list[float]:
+        """Sum of log P(continuation | context) for each continuation (one per label).
+
+        The context runs through the model once and its key/value cache is shared by every
+        continuation, so a text costs one context pass plus the label words, not one whole
+        sequence per label."""
         import torch
 
-        out: list[float] = []
+        context = context[-max(1, self.max_length - max(len(c) for c in continuations)):]
         with torch.inference_mode():
-            for start in range(0, len(pairs), self.batch_size):
-                out.extend(self._logprob_batch(pairs[start:start + self.batch_size], torch).tolist())
-        return out
-
-    def _logprob_batch(self, pairs, torch) -> Any:
-        # Keep the end of a long context: the label words must follow the template's own text.
-        pairs = [(c[-max(1, self.max_length - len(k)):], k) for c, k in pairs]
-        width = max(len(c) + len(k) for c, k in pairs)
-        ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        scored = torch.zeros(len(pairs), width, dtype=torch.bool)
-        for row, (context, continuation) in enumerate(pairs):
-            ids[row, :len(context) + len(continuation)] = torch.tensor(context + continuation)
-            mask[row, :len(context) + len(continuation)] = 1
-            scored[row, len(context):len(context) + len(continuation)] = True
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        # Position p predicts token p+1; gather minus logsumexp avoids a vocab-sized log_softmax copy.
-        target = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
-        return (target * scored[:, 1:]).sum(1)
+            out = self.model(input_ids=torch.tensor([context]), use_cache=True, **self._last_logit_only)
+            first = out.logits[0, -1].float().log_softmax(-1)  # what follows the context: each label's first token
+            width = max(len(c) for c in continuations)
+            total = torch.tensor([float(first[c[0]]) for c in continuations])
+            if width == 1:
+                return total.tolist()
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_repeat_interleave(len(continuations))
+            ids = torch.full((len(continuations), width), self.pad_id, dtype=torch.long)
+            for row, continuation in enumerate(continuations):
+                ids[row, :len(continuation)] = torch.tensor(continuation)
+            lengths = torch.tensor([len(c) for c in continuations])
+            real = torch.arange(width)[None, :] < lengths[:, None]
+            mask = torch.cat([torch.ones(len(continuations), len(context), dtype=torch.long), real.long()], 1)
+            logits = self.model(input_ids=ids, attention_mask=mask, **{self._cache_argument: cache}).logits[:, :-1].float()
+            # Position p predicts token p+1; gather minus logsumexp avoids a vocab-sized log_softmax copy.
+            target = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
+            return (total + (target * real[:, 1:]).sum(1)).tolist()
 
     def generate(self, prompt: str, n: int, *, temperature: float, max_new_tokens: int = 24) -> list[str]:
         """``n`` sampled continuations of ``prompt`` (new text only)."""
@@ -153,21 +161,28 @@ class CausalLMScorer:
 
     def predict(self, template: str, texts: Sequence[str]) -> list[int]:
         """The label with the highest calibrated log-likelihood for each text."""
+        return self.scores(template, texts).argmax(1).tolist()
+
+    def scores(self, template: str, texts: Sequence[str], *, calibrated: bool = True) -> Any:
+        """(len(texts), labels) log-likelihoods of each label's words, less the content-free prior if ``calibrated``."""
         # Only the text before {label} conditions the label words: templates sharing it score alike.
         before, _ = split_template(template)
+        raw = self._scores(before, texts)
+        if not calibrated:
+            return raw
         if before not in self._priors:
             self._priors[before] = self._scores(before, self.content_free).mean(0)
-        return (self._scores(before, texts) - self._priors[before]).argmax(1).tolist()
+        return raw - self._priors[before]
 
     def _scores(self, before: str, texts: Sequence[str]) -> Any:
         import torch
 
-        pairs = []
+        rows = []
         for text in texts:
             context = f"{text}\n{before}".rstrip(" ")
-            context_ids = self.lm.ids(context)
-            pairs.extend((context_ids, label_ids) for label_ids in self._label_ids["" if context.endswith("\n") else " "])
-        return torch.tensor(self.lm.continuation_logprobs(pairs)).view(len(texts), len(self.labels))
+            labels = self._label_ids["" if context.endswith("\n") else " "]
+            rows.append(self.lm.label_logprobs(self.lm.ids(context), labels))
+        return torch.tensor(rows).view(len(texts), len(self.labels))
 
 
 def build_scorer(kind: str, model_ref: str, labels: Sequence[str], *, batch_size: int, max_length: int) -> tuple[Any, Optional[CausalLM]]:
