@@ -137,10 +137,10 @@ def teacher_result(folder: Path):
 
 def architecture_speed(teacher_dir: Path, layers: list[int], common: dict, work: Path) -> dict:
     """Untrained students of each depth (pruned vocabulary) and the teacher, timed in alternation."""
-    from worker.ml.distill import build_student
+    from worker.initiatives.distill.student import build_student
     from worker.ml.lineage import load_model
     from worker.ml.modeling import save_classifier, size_on_disk
-    from worker.ml.serving import TorchPredictor, paired_speed
+    from worker.initiatives.distill.serving import TorchPredictor, paired_speed
 
     teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
     predictors, sizes = {"teacher": TorchPredictor(teacher, tokenizer)}, {"teacher": size_on_disk(teacher_dir)}
@@ -228,7 +228,7 @@ def int8_comparison(teacher_dir: Path, student_dir: Path, root: Path, common: di
     from worker.ml.evaluate import classification_rows
     from worker.ml.lineage import load_model
     from worker.ml.modeling import load_saved
-    from worker.ml.serving import TorchAoInt8, TorchPredictor, onnx_int8, paired_speed, predict
+    from worker.initiatives.distill.serving import TorchAoInt8, TorchPredictor, onnx_int8, paired_speed, predict
 
     teacher, tokenizer, _, dataset = load_model(teacher_result(teacher_dir))
     student, student_tokenizer, _ = load_saved(student_dir)

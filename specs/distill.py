@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from specs.training import check_schedule
 
-LAYER_MAPS = ("uniform", "ends", "bottom")  # which teacher layers the student's copy (worker.ml.distill.teacher_layers)
+LAYER_MAPS = ("uniform", "ends", "bottom")  # which teacher layers the student's copy (worker.initiatives.distill.student.teacher_layers)
 ATTENTION_LAYERS = ("all", "last")  # attention/value relations on every student layer, or the last only (MiniLM)
 
 

@@ -59,7 +59,7 @@ def test_a_batch_cut_on_the_gpu_equals_the_batch_tokenized_alone(tiny_bert, data
 def test_serving_on_the_gpu_gives_the_cpu_logits(tiny_bert, dataset):
     import copy
 
-    from worker.ml.serving import TorchPredictor
+    from worker.initiatives.distill.serving import TorchPredictor
 
     model, tokenizer = load_classifier(str(tiny_bert), dataset.labels)
     texts = list(dataset.test.texts[:32])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.ml.curriculum import CurriculumSampler, LossTable
+from worker.initiatives.curriculum.sampling import CurriculumSampler, LossTable
 
 STEPS = 8
 PARAMS = {"steps": STEPS, "batch_size": 16, "lr": 5e-3, "checkpoint_every": 100, "quantile_every": 2,

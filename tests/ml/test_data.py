@@ -68,6 +68,9 @@ def test_a_job_on_a_carved_validation_split_logs_it_and_warns(tmp_path, clinc_su
     ctx = run_job(tmp_path / "jobs", "baseline", params, [])
     assert ctx.values("data.val_carved")[0].value == 1.0
     assert ctx.warnings == ["validation split carved from train: 10% per label, stratified"]
+    # A job on that model (loaded with its dataset) says so too
+    report = run_job(tmp_path / "jobs", "robustness", {"model_job": ctx.job_id, "perturbations": "casing", "max_rows": 10}, [ctx.settle()])
+    assert report.values("data.val_carved")[0].value == 1.0 and report.warnings == ctx.warnings
     with_val = run_job(tmp_path / "jobs", "baseline", {**params, "dataset": str(clinc_subset)}, [])
     assert with_val.values("data.val_carved")[0].value == 0.0 and with_val.warnings == []
 

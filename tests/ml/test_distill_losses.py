@@ -34,14 +34,14 @@ def tiny_teacher(tmp_path_factory, clinc_subset):
     ("bottom", [0, 1, 2], [0, 1]),
 ])
 def test_each_layer_map_names_the_teacher_layers_it_claims(how, six_to_three, six_to_two):
-    from worker.ml.distill import teacher_layers
+    from worker.initiatives.distill.student import teacher_layers
 
     assert teacher_layers(6, 3, how) == six_to_three and teacher_layers(6, 2, how) == six_to_two
 
 
 @pytest.mark.parametrize("how", ["uniform", "ends", "bottom"])
 def test_the_student_copies_the_mapped_teacher_layers_and_the_kept_embedding_rows(tiny_teacher, how):
-    from worker.ml.distill import build_student, teacher_layers
+    from worker.initiatives.distill.student import build_student, teacher_layers
 
     teacher, tokenizer, dataset = tiny_teacher
     student = build_student(teacher, tokenizer, layers=2, corpus=dataset.train.texts, layer_map=how)
@@ -55,7 +55,7 @@ def test_the_student_copies_the_mapped_teacher_layers_and_the_kept_embedding_row
 
 
 def test_the_teacher_sees_the_very_tokens_the_pruned_student_sees(tiny_teacher):
-    from worker.ml.distill import build_student
+    from worker.initiatives.distill.student import build_student
 
     teacher, tokenizer, dataset = tiny_teacher
     student = build_student(teacher, tokenizer, layers=2, corpus=dataset.train.texts)
@@ -65,7 +65,7 @@ def test_the_teacher_sees_the_very_tokens_the_pruned_student_sees(tiny_teacher):
 
 
 def test_relations_ignore_padding_and_vanish_only_when_equal():
-    from worker.ml.distill import relation_kl
+    from worker.initiatives.distill.student import relation_kl
 
     torch.manual_seed(0)
     q, k = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
@@ -80,7 +80,7 @@ def test_relations_ignore_padding_and_vanish_only_when_equal():
 
 
 def _terms(student, teacher, targets, batch) -> dict[str, float]:
-    from worker.ml.distill import DistillLoss, LossWeights
+    from worker.initiatives.distill.student import DistillLoss, LossWeights
 
     probe = DistillLoss(teacher, LossWeights(hidden=1, attention=1, value=1), targets=targets, teacher_ids=student.teacher_ids)
     student.model.eval()
@@ -94,7 +94,7 @@ def test_an_intermediate_loss_moves_the_student_toward_the_teachers_mapped_layer
     """Given a student initialised from the bottom layers but targeted at the uniform map, when it
     trains with one intermediate term on, then that term falls, and further than in a control that
     trains the same steps on the logits alone."""
-    from worker.ml.distill import DistillLoss, LossWeights, build_student, teacher_layers
+    from worker.initiatives.distill.student import DistillLoss, LossWeights, build_student, teacher_layers
     from worker.ml.modeling import encode
     from worker.ml.train import TrainConfig, train
 

@@ -11,8 +11,8 @@ import pytest
 from core.errors import InvalidInput
 import specs
 from worker.initiatives import prompt_loop
-from worker.ml import prompting
-from worker.ml.prompt_search import CausalLM, CausalLMScorer, rung_sizes, successive_halving
+from worker.initiatives.prompt_loop import templates as prompting
+from worker.initiatives.prompt_loop.search import CausalLM, CausalLMScorer, rung_sizes, successive_halving
 
 # Small enough for seconds on 2 cores: 40 validation rows in rungs of 10, 20, 40.
 SEARCH = {"rounds": 2, "candidates_per_round": 6, "minibatch": 10, "max_val": 40, "folds": 4, "top_k": 2,

@@ -1,7 +1,10 @@
 """The payloads: one module per initiative, each with ``run(params, ctx)``, none importing Celery.
 
 What each initiative takes and reports is in ``specs`` (free of torch); this package holds what it
-does. ``load_payload`` imports a payload module for the worker.
+does. ``load_payload`` imports a payload module for the worker. A helper that serves one payload only
+lives beside it, in that payload's package (``prompt_loop/search.py`` and ``templates.py``,
+``curriculum/sampling.py``, ``distill/student.py`` and ``serving.py``); what several payloads share is
+in ``worker.ml``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from specs.augment import Params
 
 
 def run(params: Params, ctx) -> None:
-    from worker.ml.data import note_val_carved
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
     from worker.ml.modeling import load_saved
     from worker.ml.phases import recorded
@@ -41,7 +40,6 @@ def run(params: Params, ctx) -> None:
         with phases("load"):
             source = model_source(ctx, params.model_job)
             model, tokenizer, spec, dataset = load_model(source, ctx)
-            note_val_carved(ctx, dataset)
         with phases("evaluate"):
             targets = weakest_slices(ctx, source, params.k, lambda: _validation_scores(model, tokenizer, dataset, params.max_length))
         variants = generate(ctx, params, dataset.train, targets, tokenizer)

@@ -14,7 +14,6 @@ from specs.baseline import Params
 
 
 def run(params: Params, ctx) -> None:
-    from worker.ml.data import note_val_carved
     from worker.ml.evaluate import evaluate, log_rows
     from worker.ml.lineage import DataSpec, save_model
     from worker.ml.modeling import load_classifier
@@ -23,9 +22,7 @@ def run(params: Params, ctx) -> None:
 
     with recorded(ctx) as phases:
         with phases("load"):
-            spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
-            dataset = spec.load()
-            note_val_carved(ctx, dataset)
+            spec, dataset = DataSpec.of(params, ctx)
             seed_everything(params.seed)  # the new classification head is drawn at random
             model, tokenizer = load_classifier(params.model, dataset.labels)
         train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), config_from(params), ctx,

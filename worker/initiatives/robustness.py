@@ -18,14 +18,12 @@ from dataclasses import dataclass
 def run(params: Params, ctx) -> None:
     import random
 
-    from worker.ml.data import note_val_carved
     from worker.ml.evaluate import infer, log_rows, ood_evaluation
     from worker.ml.lineage import load_model, model_source
     from worker.ml.textops import WordNetUnavailable
 
     source = model_source(ctx, params.model_job)
     model, tokenizer, _, dataset = load_model(source, ctx)
-    note_val_carved(ctx, dataset)  # its out-of-scope thresholds are chosen on validation
     test = dataset.test
     if params.max_rows and params.max_rows < len(test):
         test = test.pick(sorted(random.Random(params.seed).sample(range(len(test)), params.max_rows)))

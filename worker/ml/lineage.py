@@ -32,6 +32,17 @@ class DataSpec:
 
         return load_dataset(self.source, variant=self.variant, slice_column=self.slice_column, seed=self.seed)
 
+    @classmethod
+    def of(cls, params: Any, ctx: Any) -> tuple["DataSpec", Any]:
+        """The spec a training payload's ``params`` name and its ``Dataset``, with a note on the job when
+        the validation split had to be carved from train."""
+        from worker.ml.data import note_val_carved
+
+        spec = cls(params.dataset, params.variant, params.slice_column, params.seed)
+        dataset = spec.load()
+        note_val_carved(ctx, dataset)
+        return spec, dataset
+
 
 def save_model(model: Any, tokenizer: Any, labels: Sequence[str], spec: DataSpec, folder: Path) -> Path:
     """Write a model artifact folder: the classifier plus the spec of its training data."""
@@ -60,7 +71,9 @@ def model_source(ctx: Any, model_job: str) -> PriorResult:
 
 def load_model(prior: PriorResult, ctx: Any) -> tuple[Any, Any, DataSpec, Any]:
     """(model, tokenizer, data spec, dataset) for the model artifact of ``prior``, fetched through ``ctx``
-    (downloaded from the artifact store if need be, its sha256 checked)."""
+    (downloaded from the artifact store if need be, its sha256 checked). Like ``DataSpec.of``, it notes
+    on the job when the validation split had to be carved from train."""
+    from worker.ml.data import note_val_carved
     from worker.ml.modeling import load_saved
 
     folder = ctx.fetch_artifact(prior, MODEL_ARTIFACT)
@@ -69,6 +82,7 @@ def load_model(prior: PriorResult, ctx: Any) -> tuple[Any, Any, DataSpec, Any]:
     dataset = spec.load()
     if tuple(dataset.labels) != tuple(labels):
         raise PermanentError(f"{folder}: the model's labels differ from those of its dataset {spec.source!r}")
+    note_val_carved(ctx, dataset)
     return model, tokenizer, spec, dataset
 
 

@@ -2,7 +2,7 @@
 
 The teacher is the ``model`` artifact of ``model_job`` (default: the latest baseline). The student
 keeps ``layers`` of the teacher's encoder layers (chosen by ``layer_map``) and, with
-``prune_vocab``, only the word pieces the training corpus uses (``worker.ml.distill``). It trains
+``prune_vocab``, only the word pieces the training corpus uses (``worker.initiatives.distill.student``). It trains
 ``epochs`` passes over a stratified ``sample_fraction`` of the training split with the frozen
 teacher run on every batch: soft targets at ``temperature`` mixed with the hard labels at weight
 ``alpha``, plus the intermediate targets (hidden states, attention maps, value relations) at their
@@ -12,7 +12,7 @@ Teacher and student are measured in the same run on the same machine by the same
 baseline (accuracy, macro-F1, per-slice F1, out-of-scope AUROC, size) on the test split, and on the
 validation split (``val.accuracy``, ``teacher.val.accuracy``) for choosing a configuration without
 touching test. Speed is timed separately with teacher and student in alternation in one process,
-CPU fp32 (``worker.ml.serving``): latency p50 at batch 1 and throughput at ``serving_batch``
+CPU fp32 (``worker.initiatives.distill.serving``): latency p50 at batch 1 and throughput at ``serving_batch``
 (``speed.<who>.*``); on a machine with CUDA, the same timing again on the GPU, logged apart
 (``speed.cuda.<who>.*``, ``speed.cuda.throughput_ratio``). The student's rows are logged unprefixed, as baseline logs its model's,
 because the student is this job's ``model`` artifact and later jobs read them so; the teacher's
@@ -27,17 +27,14 @@ from specs.distill import Params
 
 def run(params: Params, ctx) -> None:
     from core.errors import PermanentError
-    from worker.ml.data import note_val_carved
     from worker.ml.evaluate import comparison_rows, infer, log_rows
     from worker.ml.lineage import MODEL_ARTIFACT, load_model, model_source, save_model
-
     from worker.ml.phases import recorded
 
     with recorded(ctx) as phases:
         with phases("load"):
             source = model_source(ctx, params.model_job)
             teacher, teacher_tokenizer, spec, dataset = load_model(source, ctx)
-            note_val_carved(ctx, dataset)
         if params.layers >= teacher.config.num_hidden_layers:
             raise PermanentError(f"layers={params.layers}: the teacher has only {teacher.config.num_hidden_layers}")
         with phases("evaluate"):
@@ -65,7 +62,7 @@ def run(params: Params, ctx) -> None:
 
 def train_student(teacher, teacher_tokenizer, dataset, params: Params, ctx, phases=None):
     """Cut the student from ``teacher`` and train it (resuming from this job's checkpoints); a ``Student``."""
-    from worker.ml.distill import DistillLoss, LossWeights, build_student, stratified_sample, teacher_layers
+    from worker.initiatives.distill.student import DistillLoss, LossWeights, build_student, stratified_sample, teacher_layers
     from worker.ml.train import config_from, seed_everything, train
 
     from worker.ml.phases import Phases
@@ -117,7 +114,7 @@ def _overall(rows) -> dict[str, float]:
 def _speed(ctx, teacher, teacher_tokenizer, student, dataset, params: Params) -> dict[str, dict[str, float]]:
     """CPU fp32 teacher and student (and the int8 student with ``quantize``) timed in alternation; the CPU
     figures are the ones compared. With a GPU, teacher and student are timed again there (``speed.cuda.*``)."""
-    from worker.ml.serving import TorchPredictor, paired_speed
+    from worker.initiatives.distill.serving import TorchPredictor, paired_speed
 
     predictors = {"teacher": TorchPredictor(teacher, teacher_tokenizer, max_length=params.max_length),
                   "student": TorchPredictor(student.model, student.tokenizer, max_length=params.max_length)}
@@ -141,7 +138,7 @@ def _cuda_speed(ctx, models: dict, dataset, params: Params) -> None:
 
     import torch
 
-    from worker.ml.serving import TorchPredictor, paired_speed
+    from worker.initiatives.distill.serving import TorchPredictor, paired_speed
 
     if not torch.cuda.is_available():
         return
@@ -160,7 +157,7 @@ def _cuda_speed(ctx, models: dict, dataset, params: Params) -> None:
 def _int8_student(ctx, student, dataset, params: Params):
     """The student through ONNX Runtime int8 (not stored), its test accuracy and size logged under ``int8.``."""
     from worker.ml.evaluate import classification_rows, log_rows
-    from worker.ml.serving import onnx_int8, predict
+    from worker.initiatives.distill.serving import onnx_int8, predict
 
     predictor = onnx_int8(student.model, student.tokenizer, ctx.work_dir / "onnx", max_length=params.max_length)
     predicted = predict(predictor, dataset.test.texts).argmax(axis=1)

@@ -3,7 +3,7 @@
 Three arms start from the same pretrained model under the same plan (the same step cap, validation
 cadence and early stopping, or exactly ``steps`` steps each): ``uniform`` (the plain seeded
 shuffle), ``curriculum`` (rank-based selection by each row's latest training loss, see
-``worker.ml.curriculum``; ``sampler: selective`` swaps in the Selective-Backprop-style rule) and ``random`` (the same schedule and skew, with the losses shuffled
+``worker.initiatives.curriculum.sampling``; ``sampler: selective`` swaps in the Selective-Backprop-style rule) and ``random`` (the same schedule and skew, with the losses shuffled
 across rows: a control for "any non-uniform sampling helps"). The annealing runs over the step cap.
 Every validation of the training loop (evaluation, not scoring of the training set) also gives the
 arm's steps to ``target_accuracy``. ``improvement`` is curriculum minus uniform test accuracy, in
@@ -20,7 +20,6 @@ from specs.curriculum import ARMS, Params
 
 
 def run(params: Params, ctx) -> None:
-    from worker.ml.data import note_val_carved
     from worker.ml.evaluate import accuracy, comparison_rows, log_rows
     from worker.ml.lineage import DataSpec, save_model
     from worker.ml.modeling import load_classifier
@@ -29,9 +28,7 @@ def run(params: Params, ctx) -> None:
 
     with recorded(ctx) as phases:
         with phases("load"):
-            spec = DataSpec(params.dataset, params.variant, params.slice_column, params.seed)
-            dataset = spec.load()
-            note_val_carved(ctx, dataset)
+            spec, dataset = DataSpec.of(params, ctx)
         predicted = {}
         for arm in ARMS:
             with phases("load"):
@@ -53,7 +50,7 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx, phases=N
     """Train one arm in place, logging the loss distribution, validation accuracy and wall time."""
     import time
 
-    from worker.ml.curriculum import CurriculumSampler, LossTable, per_row_loss
+    from worker.initiatives.curriculum.sampling import CurriculumSampler, LossTable, per_row_loss
     from worker.ml.train import Plan, config_from, train
 
     cfg = config_from(params)

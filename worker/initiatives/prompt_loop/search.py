@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from worker.ml.prompting import describe, render, split_template
+from worker.initiatives.prompt_loop.templates import describe, render, split_template
 
 DEFAULT_CAUSAL_LM = "gpt2"  # GPT-2 small from the hub, for users online
 CONTENT_FREE = ("N/A",)
@@ -166,13 +166,15 @@ class CausalLMScorer:
     def scores(self, template: str, texts: Sequence[str], *, calibrated: bool = True) -> Any:
         """(len(texts), labels) log-likelihoods of each label's words, less the content-free prior if ``calibrated``."""
         # Only the text before {label} conditions the label words: templates sharing it score alike.
+        raw = self._scores(split_template(template)[0], texts)
+        return raw - self.prior(template) if calibrated else raw
+
+    def prior(self, template: str) -> Any:
+        """Each label's mean log-likelihood after the content-free inputs: what calibration subtracts."""
         before, _ = split_template(template)
-        raw = self._scores(before, texts)
-        if not calibrated:
-            return raw
         if before not in self._priors:
             self._priors[before] = self._scores(before, self.content_free).mean(0)
-        return raw - self._priors[before]
+        return self._priors[before]
 
     def _scores(self, before: str, texts: Sequence[str]) -> Any:
         import torch

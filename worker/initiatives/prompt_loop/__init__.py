@@ -2,24 +2,22 @@
 
 A template such as ``"a request about {label}"`` renders every label; an input goes to the label
 whose rendering scores best (embedding similarity or calibrated causal-LM likelihood, see
-``worker.ml.prompt_search``). Each round proposes new templates, evolution-style: a causal LM
+``worker.initiatives.prompt_loop.search``). Each round proposes new templates, evolution-style: a causal LM
 rewrites the best ones from a meta-prompt (APE, Zhou et al. 2023), and mutation and crossover fill
 the rest. Successive halving scores them on a growing slice of the validation split. The top-k are
 scored once on the test split, which selection never sees, beside the first seed template.
 ``improvement`` is the best template's test accuracy minus the seed's, in points.
 
 Other jobs and users load the ranked templates from the ``top_prompts.json`` artifact with
-``worker.ml.prompting.load_top_prompts``; ``candidates.json`` holds every template tried and its scores.
+``worker.initiatives.prompt_loop.templates.load_top_prompts``; ``candidates.json`` holds every template tried and its scores.
 """
 
 from __future__ import annotations
 
-from specs.prompt_loop import Params
-
-
 from dataclasses import dataclass, field
 
-from core.errors import InvalidInput, PermanentError
+from core.errors import PermanentError
+from specs.prompt_loop import Params
 
 
 @dataclass
@@ -39,7 +37,7 @@ def run(params: Params, ctx) -> None:
     import random
 
     from worker.ml.data import load_dataset, note_val_carved
-    from worker.ml.prompt_search import CausalLM, Evaluator, build_scorer, rung_sizes
+    from worker.initiatives.prompt_loop.search import CausalLM, Evaluator, build_scorer, rung_sizes
 
     dataset = load_dataset(params.dataset, variant=params.variant, slice_column=params.slice_column, seed=params.seed)
     note_val_carved(ctx, dataset)
@@ -81,7 +79,7 @@ def _validation_rows(dataset, params: Params) -> tuple[list[str], list[int]]:
 
 
 def _synonyms(params: Params):
-    from worker.ml.prompting import wordnet_synonyms
+    from worker.initiatives.prompt_loop.templates import wordnet_synonyms
 
     # Without WordNet the synonym operator is simply left out; the others do not need it.
     return wordnet_synonyms() if params.use_wordnet else None
@@ -110,7 +108,7 @@ class Search:
 
     def add_seeds(self) -> None:
         """Score every seed template at every rung: the seed's full score is the baseline to beat."""
-        from worker.ml.prompting import check_candidate
+        from worker.initiatives.prompt_loop.templates import check_candidate
 
         for text in self.params.seed_templates:
             template, _ = check_candidate(text, self.seen, max_chars=self.params.max_chars)
@@ -124,7 +122,7 @@ class Search:
 
     def propose(self, round_no: int, rng, generator, synonyms) -> list[Candidate]:
         """This round's new candidates: LM rewrites of the best templates, then mutations and crossovers."""
-        from worker.ml.prompting import propose
+        from worker.initiatives.prompt_loop.templates import propose
 
         parents = [c.template for c in self.ranked()[: self.params.parents]] or [self.candidates[0].template]
         wanted = self.params.candidates_per_round
@@ -133,7 +131,7 @@ class Search:
         return [self._add(t, origin, round_no) for t, origin in new + found]
 
     def _rewrites(self, parents: list[str], n: int, generator) -> list[tuple[str, str]]:
-        from worker.ml.prompting import check_candidate, meta_prompt, parse_generated
+        from worker.initiatives.prompt_loop.templates import check_candidate, meta_prompt, parse_generated
 
         accepted = []
         for i in range(n):
@@ -155,7 +153,7 @@ class Search:
 
     def run_round(self, round_no: int, new: list[Candidate]) -> None:
         """Successive halving over this round's candidates."""
-        from worker.ml.prompt_search import successive_halving
+        from worker.initiatives.prompt_loop.search import successive_halving
 
         _, stopped = successive_halving([c.template for c in new], self.sizes, self.score, self.search_over)
         self.ctx.log_metric("round_candidates", len(new), step=round_no)
@@ -240,7 +238,7 @@ def _save(ctx, params: Params, search: Search, top: list[Candidate], folds: dict
     """``candidates.json`` (everything tried) and ``top_prompts.json`` (what other jobs load)."""
     import json
 
-    from worker.ml.prompting import save_top_prompts
+    from worker.initiatives.prompt_loop.templates import save_top_prompts
 
     def entry(c: Candidate) -> dict:
         return {"id": c.id, "template": c.template, "origin": c.origin, "round": c.round,
