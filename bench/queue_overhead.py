@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import redis
 
@@ -107,19 +109,72 @@ def plain(jobs: int, concurrency: int) -> float:
         worker.wait()
 
 
+def measure(jobs: int, concurrency: int) -> tuple[float, float]:
+    """(plain seconds, gated seconds) for ``jobs`` no-op jobs, in this checkout."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    os.environ["BROKER_URL"] = REDIS_URL  # both the plain app and budgetq publish to this Redis
+    return plain(jobs, concurrency), gated(jobs, concurrency)
+
+
+_ROW = re.compile(r"\| (plain Celery|budgetq gated) \| \d+ \| [\d.]+ \| (\d+) \|")
+
+
+def rates_of(checkout: Path, jobs: int, concurrency: int) -> dict[str, float]:
+    """Jobs/s of each path, from a run of the bench script of ``checkout`` in a process of its own."""
+    # An older script has no --no-write: it then rewrites its own checkout's docs, which are thrown away.
+    quiet = ["--no-write"] if "--no-write" in (checkout / "bench" / "queue_overhead.py").read_text() else []
+    done = subprocess.run([sys.executable, "-m", "bench.queue_overhead", "--jobs", str(jobs), "--concurrency", str(concurrency),
+                           *quiet], cwd=checkout, env=dict(os.environ, PYTHONPATH=str(checkout)),
+                          capture_output=True, text=True, timeout=900)
+    found = dict(_ROW.findall(done.stdout))
+    if len(found) != 2:
+        raise SystemExit(f"{checkout}: no figures in its output:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return {"plain": float(found["plain Celery"]), "gated": float(found["budgetq gated"])}
+
+
+def against(ref: str, rounds: int, jobs: int, concurrency: int) -> str:
+    """Paired rounds of this checkout and ``ref`` (a worktree), alternating which goes first; the table."""
+    import statistics
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="budgetq-queue-ab-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(folder / "old"), ref], cwd=REPO, check=True, capture_output=True)
+    try:
+        pairs = []
+        for n in range(rounds):
+            order = [("old", folder / "old"), ("now", REPO)][:: 1 if n % 2 == 0 else -1]
+            pairs.append({name: rates_of(checkout, jobs, concurrency) for name, checkout in order})
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder / "old")], cwd=REPO, capture_output=True)
+    ratio = [p["now"]["gated"] / p["old"]["gated"] for p in pairs]
+    share = {k: [p[k]["gated"] / p[k]["plain"] for p in pairs] for k in ("old", "now")}
+    lines = [f"**Against `{ref}`** (before the architecture rework), {rounds} paired rounds in one run, each checkout's own "
+             "script in a process of its own, the order alternating. Gated jobs/s:", "",
+             "| round | before | now | now / before | gated share of plain, before | now |", "|---:|---:|---:|---:|---:|---:|"]
+    for n, p in enumerate(pairs, start=1):
+        lines.append(f"| {n} | {p['old']['gated']:.0f} | {p['now']['gated']:.0f} | {ratio[n - 1]:.2f} | "
+                     f"{100 * share['old'][n - 1]:.0f}% | {100 * share['now'][n - 1]:.0f}% |")
+    lines += ["", f"Median now / before: **{statistics.median(ratio):.2f}x** gated jobs/s; gated share of plain "
+                  f"{100 * statistics.median(share['old']):.0f}% before, {100 * statistics.median(share['now']):.0f}% now "
+                  "(medians over rounds)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--against", metavar="REF", help="also run this git ref's bench in paired rounds and compare")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    os.environ["BROKER_URL"] = REDIS_URL  # both the plain app and budgetq publish to this Redis
-    plain_s = plain(args.jobs, args.concurrency)
-    gated_s = gated(args.jobs, args.concurrency)
+    plain_s, gated_s = measure(args.jobs, args.concurrency)
     plain_rate, gated_rate = args.jobs / plain_s, args.jobs / gated_s
+    load = os.getloadavg()[0]
     body = f"""
 `.venv/bin/python -m bench.queue_overhead --jobs {args.jobs} --concurrency {args.concurrency}` on {platform.machine()},
-{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}. No-op jobs end to end through Redis, from the
+{os.cpu_count()} cores (load average {load:.1f} when it ended: other work shares them, so compare
+figures within one run, not across runs); {time.strftime('%Y-%m-%d')}. No-op jobs end to end through Redis, from the
 first submit to the last completion, with a warm prefork worker of {args.concurrency} processes.
 Gated: budgetq admits each job in the PostgreSQL ledger, publishes it after commit, and the worker
 claims it (with a heartbeat thread and a lease), runs a no-op initiative and settles it. Plain: a
@@ -132,7 +187,10 @@ Celery task that only counts itself done. Target: gated at least 80% of plain.
 
 Gated reaches **{100 * gated_rate / plain_rate:.0f}%** of plain.
 """
-    write_section("Queue overhead", body)
+    if args.against:
+        body += "\n" + against(args.against, args.rounds, args.jobs, args.concurrency) + "\n"
+    if not args.no_write:
+        write_section("Queue overhead", body)
     print(body)
 
 
