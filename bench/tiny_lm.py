@@ -130,7 +130,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     (args.out / "README.txt").write_text(
         f"A {args.layers}-layer, {args.width}-wide GPT-2 ({params / 1e6:.1f} M parameters, {len(tokenizer)}-piece byte-level BPE)\n"
-        f"pretrained from scratch by `python -m bench.tiny_lm --steps {args.steps}` on WordNet 3.0 glosses and examples\n"
+        f"pretrained from scratch by `python -m bench.tiny_lm {' '.join(sys.argv[1:])}` on WordNet 3.0 glosses and examples\n"
         f"plus CLINC150's training utterances (no val/test rows, no intent labels): {len(texts)} sentences.\n"
         f"{args.steps} steps of {args.batch} x {args.block} tokens in {seconds:.0f} s on {args.threads} CPU threads"
         f" (${seconds / 3600:.4f} at $1.00/h).\nHeld-out perplexity (2,000 sentences): {perplexity:.1f}.\n"
