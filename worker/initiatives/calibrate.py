@@ -7,6 +7,8 @@ payload for exercising the queue end to end before the ML payloads.
 
 from __future__ import annotations
 
+import torch
+
 from specs.calibrate import Params
 
 
@@ -14,8 +16,6 @@ import time
 
 
 def run(params: Params, ctx) -> None:
-    import torch
-
     torch.manual_seed(params.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx.log_metric("cuda", float(device.type == "cuda"))
@@ -29,8 +29,6 @@ def run(params: Params, ctx) -> None:
 
 def _timed_loop(step, ctx, device, budget_s: float) -> tuple[int, float]:
     """Call ``step`` until the time budget (or the job's) runs out; count calls and seconds."""
-    import torch
-
     step()  # warm-up: kernel selection and allocation stay out of the timing
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
@@ -44,8 +42,6 @@ def _timed_loop(step, ctx, device, budget_s: float) -> tuple[int, float]:
 
 
 def _matmul(params: Params, ctx, device, budget_s: float) -> float:
-    import torch
-
     n = params.matrix_size
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
@@ -58,8 +54,6 @@ def _matmul(params: Params, ctx, device, budget_s: float) -> float:
 
 
 def _forward(params: Params, ctx, device, budget_s: float) -> None:
-    import torch
-
     layer = torch.nn.TransformerEncoderLayer(params.d_model, nhead=4, batch_first=True).to(device).eval()
     x = torch.randn(params.batch_size, params.seq_len, params.d_model, device=device)
     with torch.inference_mode():

@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -85,8 +87,6 @@ def load_extra(path: Path) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
 
 def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tensors as ``"<param index>.<name>"`` for safetensors; the rest (hyperparameters) as JSON."""
-    import torch
-
     tensors, scalars = {}, {}
     for index, values in state_dict["state"].items():
         for name, value in values.items():
@@ -108,8 +108,6 @@ def _join_optimizer_state(tensors: dict[str, Any], saved: dict[str, Any]) -> dic
 
 
 def _torch_rng_state() -> dict[str, Any]:
-    import torch
-
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -130,8 +128,6 @@ def _numpy_rng_state() -> list[Any]:
 
 def _restore_rng(tensors: dict[str, Any], state: dict[str, Any]) -> None:
     import numpy as np
-    import torch
-
     torch.set_rng_state(tensors["cpu"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda")), key=lambda k: int(k[4:]))]
     if cuda and torch.cuda.is_available():

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import torch
+
 from worker.context import MetricRow
 from worker.ml.data import Dataset, Examples
 from worker.ml.modeling import autocast, encode, pick_device, size_on_disk
@@ -44,8 +46,6 @@ def infer(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: Optio
     the GPU does not train. On the CPU, batches of 64 in fp32.
     """
     import numpy as np
-    import torch
-
     device = pick_device()
     batch_size = batch_size or (256 if device == "cuda" else 64)
     model.to(device).eval()
@@ -280,8 +280,6 @@ def choose_threshold(in_scores: Any, correct: Any, oos_scores: Any) -> float:
 
 def efficiency_rows(model: Any, tokenizer: Any, texts: Sequence[str], folder: Optional[Path], *, samples: int = 50, batches: int = 5) -> list[MetricRow]:
     """Latency p50 at batch 1, throughput at batch 64, parameter count and size on disk."""
-    import torch
-
     def timed(batch: Sequence[str]) -> float:
         start = time.perf_counter()
         infer(model, tokenizer, batch, batch_size=len(batch))

@@ -12,6 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+from tokenizers.implementations import BertWordPieceTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM, BertTokenizer
+from transformers.utils import logging as hf_logging
+
 from core.errors import PermanentError
 
 LABELS_FILE = "labels.json"
@@ -40,8 +45,6 @@ def load_classifier(model_ref: str, labels: Sequence[str]) -> tuple[Any, Any]:
     A folder saved by ``save_classifier`` with the same labels keeps its trained head; otherwise the
     head is new (``ignore_mismatched_sizes`` lets a 150-way head replace a different one).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     _quiet_progress()
     ref = model_ref or default_model_path()
     if Path(ref).exists():
@@ -61,9 +64,7 @@ def load_classifier(model_ref: str, labels: Sequence[str]) -> tuple[Any, Any]:
 def _quiet_progress() -> None:
     # transformers draws a tqdm bar for every load and save; in a worker's log they are only noise.
     if not sys.stderr.isatty():
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()
 
 
 def load_saved(folder: Path) -> tuple[Any, Any, tuple[str, ...]]:
@@ -100,10 +101,6 @@ def build_tiny_bert(texts: Sequence[str], folder: Path, *, hidden: int = 32, lay
     For tests and smoke runs: it loads like any checkpoint, as a classifier (new head) or as the
     masked LM of contextual augmentation.
     """
-    import torch
-    from tokenizers.implementations import BertWordPieceTokenizer
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1)
     tokenizer = BertTokenizer(vocab=wordpiece.get_vocab())
@@ -124,16 +121,12 @@ def build_tiny_bert(texts: Sequence[str], folder: Path, *, hidden: int = 32, lay
 
 def pick_device() -> str:
     """CUDA when a GPU is present, else CPU."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def autocast(device: str):
     """bf16 autocast on CUDA (fp16 where the GPU lacks bf16); on the CPU, fp32 as it is."""
     import contextlib
-
-    import torch
 
     if device != "cuda":
         return contextlib.nullcontext()
@@ -168,8 +161,6 @@ class Pretokenized:
         return len(self.lengths)
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
-        import torch
-
         width = max(self.lengths[i] for i in indices)
         rows = torch.tensor(list(indices), device=self.device)
         columns = slice(-width, None) if self.left else slice(0, width)

@@ -17,6 +17,9 @@ import string
 import zlib
 from typing import Callable, Optional, Sequence
 
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
 from specs.augment import AUGMENTERS
 from specs.robustness import PERTURBATIONS
 from worker.ml.wordnet import WordNetUnavailable
@@ -175,9 +178,6 @@ def _synonym_op() -> Op:
 def _contextual_op(mlm_path: str) -> Op:
     """Masked-LM substitution: mask about ``WORD_P`` of the words, fill each from the model's top 5
     whole-word guesses (never the original word)."""
-    import torch
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
     from worker.ml.modeling import pick_device
 
     device = pick_device()

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from core.errors import BudgetStop
 from worker.ml.checkpoint import latest_checkpoint, load_checkpoint, load_extra, save_checkpoint
 from worker.ml.modeling import Pretokenized, autocast, pick_device
@@ -133,8 +135,6 @@ def seed_everything(seed: int) -> None:
     import random
 
     import numpy as np
-    import torch
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -218,8 +218,6 @@ class _Reported:
             self.flush()
 
     def flush(self) -> None:
-        import torch
-
         self.since = self.clock()
         if not self.pending:
             return
@@ -274,8 +272,6 @@ class _Loop:
 
     def __init__(self, model, tokenizer, texts, label_ids, cfg: TrainConfig, plan: Plan, folder: Path, batches=None,
                  loss_fn=None, phases: Optional[Phases] = None) -> None:
-        import torch
-
         self.model, self.tokenizer, self.cfg, self.plan, self.folder = model, tokenizer, cfg, plan, folder
         self.phases = phases if phases is not None else Phases()
         self.device = pick_device()
@@ -315,8 +311,6 @@ class _Loop:
 
     def optimizer_step(self, step: int) -> Any:
         """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss, still on the device."""
-        import torch
-
         cfg = self.cfg
         total = None
         for j in range(cfg.grad_accum):
@@ -346,8 +340,6 @@ class _Loop:
 
 
 def _optimizer(model: Any, cfg: TrainConfig, plan: Plan, device: str):
-    import torch
-
     # No weight decay on biases and LayerNorm weights (the BERT recipe).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -377,8 +369,6 @@ class _Batches:
         self._epoch, self._order = -1, None
 
     def indices(self, micro: int) -> list[int]:
-        import torch
-
         epoch, position = divmod(micro, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)

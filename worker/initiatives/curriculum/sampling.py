@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.nn.functional as F
+
 ANNEALS = ("linear", "cosine")
 
 
@@ -82,8 +84,6 @@ class LossTable:
 
 def per_row_loss(table: LossTable) -> Any:
     """A ``loss_fn`` for ``train``: mean cross-entropy, recording each row's own loss on the way."""
-    import torch.nn.functional as F
-
     def loss_fn(model: Any, batch: dict[str, Any], labels: Any, indices: Sequence[int]) -> Any:
         losses = F.cross_entropy(model(**batch).logits.float(), labels, reduction="none")
         table.observe(indices, losses.detach().cpu().tolist())  # the values the backward pass uses anyway

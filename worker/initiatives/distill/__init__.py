@@ -22,6 +22,8 @@ distillation buys serving speed, and ``accuracy_retained`` and ``overall.*_delta
 
 from __future__ import annotations
 
+import torch
+
 from specs.distill import Params
 
 
@@ -135,8 +137,6 @@ def _cuda_speed(ctx, models: dict, dataset, params: Params) -> None:
     """Where CUDA is present: the same predictors and timing on the GPU (fp32 eager, copies of the
     models), logged apart as ``speed.cuda.<who>.*`` and ``speed.cuda.throughput_ratio``."""
     import copy
-
-    import torch
 
     from worker.initiatives.distill.serving import TorchPredictor, paired_speed
 

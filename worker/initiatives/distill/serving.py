@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 Predictor = Callable[[Sequence[str]], Any]  # texts -> numpy logits (rows, classes)
 
 
@@ -32,8 +34,6 @@ class TorchPredictor:
         self.model, self.tokenizer, self.max_length, self.device = model.to(device).eval(), tokenizer, max_length, device
 
     def __call__(self, texts: Sequence[str]) -> Any:
-        import torch
-
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         with torch.inference_mode():
             logits = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device)).logits
@@ -45,8 +45,6 @@ class OnnxPredictor:
 
     def __init__(self, path: Path, tokenizer: Any, *, max_length: int = 64) -> None:
         import onnxruntime as ort
-        import torch
-
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same share of the machine as the torch models
         options.inter_op_num_threads = 1
@@ -65,8 +63,6 @@ def export_onnx(model: Any, tokenizer: Any, path: Path) -> Path:
     The example batch holds two texts of different lengths, so the traced graph is the one that
     applies a padding mask (a batch without padding may take a maskless attention path).
     """
-    import torch
-
     example = tokenizer(["a short one", "a rather longer example text to pad the other"], padding=True, return_tensors="pt")
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
@@ -95,8 +91,6 @@ class TorchAoInt8(TorchPredictor):
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int = 64) -> None:
         import copy
         import warnings
-
-        import torch
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation notice, on every call

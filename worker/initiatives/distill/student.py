@@ -22,6 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, BertTokenizer
+
 from specs.distill import LAYER_MAPS
 from worker.ml.data import Examples
 
@@ -73,9 +77,6 @@ def build_student(teacher: Any, tokenizer: Any, *, layers: int, corpus: Sequence
     the pieces ``corpus`` uses when it is given, else the teacher's tokenizer unchanged."""
     import copy
 
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
     keep_ids = _used_piece_ids(tokenizer, corpus) if corpus else None
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = layers
@@ -92,8 +93,6 @@ def build_student(teacher: Any, tokenizer: Any, *, layers: int, corpus: Sequence
 
 def _student_state(teacher_state: dict, student_state: dict, mapping: list[int], keep_ids) -> dict:
     """The student's state dict filled from the teacher's: layer i from layer ``mapping[i]``."""
-    import torch
-
     state = {}
     for key in student_state:
         source = _LAYER.sub(lambda m: f"encoder.layer.{mapping[int(m.group(1))]}.", key)
@@ -123,8 +122,6 @@ def _pruned_tokenizer(tokenizer: Any, keep_ids: list[int]) -> Any:
     pieces whenever the teacher's pieces for it were kept, as they are for every training text: the
     teacher sees the very token sequence the student sees, which the intermediate losses rely on.
     """
-    from transformers import BertTokenizer
-
     by_id = {i: token for token, i in tokenizer.get_vocab().items()}
     vocab = {by_id[i]: new for new, i in enumerate(keep_ids)}
     return BertTokenizer(vocab=vocab, do_lower_case=getattr(tokenizer, "do_lower_case", True),
@@ -160,8 +157,6 @@ class DistillLoss:
         self.last_terms: dict[str, float] = {}  # each term of the latest batch, for logging
 
     def __call__(self, model: Any, batch: dict[str, Any], labels: Any, indices: Sequence[int]) -> Any:
-        import torch
-
         w = self.weights
         self.teacher.to(batch["input_ids"].device)  # train() moves only the student; a no-op once there
         layers = self._attention_layers(model)
@@ -209,8 +204,6 @@ def _mean(values) -> Any:
 def soft_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
     """KL(teacher_T || student_T), batch mean (Hinton et al., 2015); multiply by T^2 to keep its
     gradients on the scale of the hard term's as T grows."""
-    import torch.nn.functional as F
-
     return F.kl_div(F.log_softmax(student_logits.float() / temperature, dim=-1),
                     F.log_softmax(teacher_logits.float() / temperature, dim=-1), reduction="batchmean", log_target=True)
 
@@ -234,8 +227,6 @@ def relation_kl(s_left: Any, s_right: Any, t_left: Any, t_right: Any, mask: Any,
     With (query, key) projections that is the attention probability map; with (value, value) it is
     MiniLM's value relation. Padded keys get no probability and padded query rows do not count.
     """
-    import torch.nn.functional as F
-
     def log_relation(left: Any, right: Any) -> Any:
         b, n, width = left.shape
         d = width // heads

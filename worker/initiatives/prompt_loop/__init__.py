@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from core.errors import PermanentError
 from specs.prompt_loop import Params
 
@@ -46,8 +48,6 @@ def run(params: Params, ctx) -> None:
                                      batch_size=params.batch_size, max_length=params.max_length)
     generator = CausalLM(params.generator_model) if params.generator_model else scorer_lm
     if generator is not None:
-        import torch
-
         torch.manual_seed(params.seed)  # the LM samples from torch's global generator
     search = Search(params, ctx, Evaluator(scorer, texts, gold), rung_sizes(params.minibatch, len(texts)))
     search.add_seeds()

@@ -8,8 +8,7 @@ Two scorers share one interface, ``predict(template, texts) -> label indices``:
   text before ``{label}``, minus the same for a content-free input ("N/A"): contextual calibration
   (Zhao et al., "Calibrate Before Use", ICML 2021) removes the model's prior for each label.
 
-``CausalLM`` also writes template variants from a meta-prompt. torch and transformers are imported
-inside functions only.
+``CausalLM`` also writes template variants from a meta-prompt.
 """
 
 from __future__ import annotations
@@ -21,6 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+import transformers
+
 from worker.initiatives.prompt_loop.templates import describe, render, split_template
 
 DEFAULT_CAUSAL_LM = "gpt2"  # GPT-2 small from the hub, for users online
@@ -29,8 +31,6 @@ CONTENT_FREE = ("N/A",)
 
 def load_pretrained(ref: str, auto_class: str) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer) from a local folder or hub id, safetensors only."""
-    import transformers
-
     from worker.ml.modeling import refuse_pickle_weights
 
     if Path(ref).exists():
@@ -53,8 +53,6 @@ class EmbeddingScorer:
 
     def embed(self, texts: Sequence[str]) -> Any:
         """(len(texts), dim) unit vectors: mean of the last hidden state over real tokens."""
-        import torch
-
         # Batches of similar lengths pad less: CLINC150 queries run from 1 to 30 words.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = []
@@ -71,8 +69,6 @@ class EmbeddingScorer:
 
     def predict(self, template: str, texts: Sequence[str]) -> list[int]:
         """The index of the nearest label prompt for each text."""
-        import torch
-
         missing = [t for t in dict.fromkeys(texts) if t not in self._inputs]
         if missing:
             self._inputs.update(zip(missing, self.embed(missing), strict=True))
@@ -112,8 +108,6 @@ class CausalLM:
         The context runs through the model once and its key/value cache is shared by every
         continuation, so a text costs one context pass plus the label words, not one whole
         sequence per label."""
-        import torch
-
         context = context[-max(1, self.max_length - max(len(c) for c in continuations)):]
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([context]), use_cache=True, **self._last_logit_only)
@@ -137,8 +131,6 @@ class CausalLM:
 
     def generate(self, prompt: str, n: int, *, temperature: float, max_new_tokens: int = 24) -> list[str]:
         """``n`` sampled continuations of ``prompt`` (new text only)."""
-        import torch
-
         context = self.ids(prompt)[-(self.max_length - max_new_tokens):]
         input_ids = torch.tensor([context])
         with torch.inference_mode():
@@ -177,8 +169,6 @@ class CausalLMScorer:
         return self._priors[before]
 
     def _scores(self, before: str, texts: Sequence[str]) -> Any:
-        import torch
-
         rows = []
         for text in texts:
             context = f"{text}\n{before}".rstrip(" ")
