@@ -100,6 +100,11 @@ def report(runs: list[dict], params: dict) -> str:
                        for r in runs)
     across = (f"{gain.mean:+.2f} ± {gain.half_width:.2f} points (95% t-interval over {gain.n} search seeds)"
               if gain.half_width is not None else f"{gain.mean:+.2f} points (1 seed)")
+    bests = {r["templates"][1]["template"] for r in runs}
+    if len(runs) > 1 and len(bests) == 1:
+        # Same template, same test rows: the seeds agree exactly, and only the test sample is uncertain.
+        across += (f"; every search seed found the same best template (`{bests.pop()}`), so the spread across seeds "
+                   "is nil and the uncertainty left is the test sample's: read the paired bootstrap interval per seed")
     total = sum(r["seconds"] for r in runs)
     lines += [
         "",
