@@ -50,7 +50,7 @@ DESCRIBE = {
 }
 
 
-def plan(seeds: list[int], settings: list[str], steps: int, full_epochs: int) -> list[tuple[str, str, dict, str]]:
+def plan(seeds: list[int], settings: list[str], steps: int, full_epochs: int, balanced: bool = False) -> list[tuple[str, str, dict, str]]:
     """Per setting: baselines two at a time, then each seed's augment as soon as its baseline is in."""
     order = []
     for setting in settings:
@@ -61,6 +61,9 @@ def plan(seeds: list[int], settings: list[str], steps: int, full_epochs: int) ->
                for s in seeds}
         order += [base[seeds[0]], *(base[s] for s in seeds[1:2]), aug[seeds[0]]]
         order += [base[s] for s in seeds[2:]] + [aug[s] for s in seeds[1:]]
+    if balanced:  # the same arms with `balance: true`, on the same stored baselines, seed by seed
+        order += [(f"{setting}/balanced/{s}", "augment", {**AUGMENT, "steps": steps, "balance": True, "seed": s},
+                   f"{setting}/base/{s}") for s in seeds for setting in settings]
     return order
 
 
@@ -108,6 +111,7 @@ def _setting(store: Store, setting: str) -> list[str]:
         "",
         *arm_lines(store, f"{setting}/augment/"),
     ]
+    lines += _balanced(store, setting)
     augments = finished(store, f"{setting}/augment/")
     if augments:
         gains = [value(r, "improvement") for r in augments]
@@ -128,6 +132,28 @@ def _setting(store: Store, setting: str) -> list[str]:
                           f"intents for rows of other intents. The {added:.0f} rows added on average (to {AUGMENT['k']} intents "
                           f"of {100 if setting == 'full' else 10} training rows each) shift the class prior toward the targets: more "
                           "text of a class teaches the model to say that class more often, not to tell it apart better."]
+    return lines
+
+
+def _balanced(store: Store, setting: str) -> list[str]:
+    """Seed by seed, the default augmented arm against one with ``balance: true`` (same baseline, same control)."""
+    pairs = [(store.runs.get(f"{setting}/augment/{r['params']['seed']}"), r) for r in finished(store, f"{setting}/balanced/")]
+    pairs = [(a, b) for a, b in pairs if a is not None]
+    if not pairs:
+        return []
+    cell = lambda r: f"{value(r, 'improvement'):+.2f} [{value(r, 'improvement.ci_low'):+.2f}, {value(r, 'improvement.ci_high'):+.2f}]"  # noqa: E731
+    lines = ["", "**Balanced** (`balance: true`: the augmented arm draws each targeted intent only as often as the control "
+                 "does, its variants sharing the originals' draws; the control is re-run with the same seed and steps). "
+                 "Improvement over the control, targeted F1 over the whole test set, points [95% CI]:", "",
+             "| seed | default (variants added) | balanced | targeted F1: control / default / balanced | overall acc Δ: default / balanced |",
+             "|---:|---:|---:|---:|---:|"]
+    for a, b in pairs:
+        lines.append(f"| {b['params']['seed']} | {cell(a)} | {cell(b)} | {value(a, 'control.targeted_f1'):.4f} / "
+                     f"{value(a, 'augmented.targeted_f1'):.4f} / {value(b, 'augmented.targeted_f1'):.4f} | "
+                     f"{value(a, 'overall.accuracy_delta'):+.2f} / {value(b, 'overall.accuracy_delta'):+.2f} |")
+    if len(pairs) > 1:
+        lines += ["", f"Across {len(pairs)} seeds: default {mean_ci([value(a, 'improvement') for a, _ in pairs])}, balanced "
+                      f"{mean_ci([value(b, 'improvement') for _, b in pairs])} points."]
     return lines
 
 
@@ -158,6 +184,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="the full baseline's cap")
     parser.add_argument("--settings", default="full,10shot", help="which settings, in order")
+    parser.add_argument("--balanced", action="store_true", help="also the augment arms with balance: true")
     parser.add_argument("--steps", type=int, default=150, help="steps of each augment arm")
     parser.add_argument("--work", type=Path, default=REPO / ".budgetq" / "bench-augment", help="models and claims")
     parser.add_argument("--report-only", action="store_true")
@@ -169,7 +196,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
     store = Store(results, args.lane)
-    runs = plan(list(range(1 if args.quick else args.seeds)), args.settings.split(","), args.steps, args.epochs)
+    runs = plan(list(range(1 if args.quick else args.seeds)), args.settings.split(","), args.steps, args.epochs, args.balanced)
     if args.quick:
         runs = _quick(runs, args.work / "quick")
 

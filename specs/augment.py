@@ -23,6 +23,9 @@ class Params:
     choose: int = 0  # > 0: keep only the best this-many augmenters, chosen on validation by short trials
     trial_steps: int = 0  # steps of each choice trial; 0: one epoch of the original training data
     steps: int = 0  # > 0: exactly this many steps per arm, no early stopping
+    # True: the augmented arm draws each targeted slice's rows (original and variants) only as often as
+    # the control draws its originals, so the variants replace draws instead of shifting the class prior.
+    balance: bool = False
     epochs: int = 20  # the cap, in epochs of the augmented data, shared by both arms
     batch_size: int = 32
     grad_accum: int = 1

@@ -168,6 +168,33 @@ def test_without_a_robustness_report_augment_targets_the_lowest_validation_f1_sl
     assert augment.values("targets_from_robustness")[0].value == 0.0
 
 
+def test_a_balanced_augmented_arm_draws_each_label_as_often_as_the_original_data_does(chain, tmp_path, run_job):
+    from collections import Counter
+
+    from worker.initiatives.augment import _PriorKept
+    from worker.initiatives.augment import Params as AugmentParams
+
+    # Given the original rows plus five variants of every row of one label
+    baseline, _, _ = chain
+    dataset = load_folder(Path(baseline.params["dataset"]))
+    target = dataset.labels[0]
+    rows = [i for i, label in enumerate(dataset.train.labels) if label == target]
+    augmented = dataset.train.plus(dataset.train.pick(rows * 5))
+    sampler = _PriorKept(dataset, augmented, AugmentParams(batch_size=64, seed=3))
+
+    # When 300 micro-batches are drawn
+    drawn = Counter(dataset.label_ids(augmented)[i] for m in range(300) for i in sampler.indices(m))
+
+    # Then the targeted label's share stays its share of the original data, and batches replay by number
+    share = len(rows) / len(dataset.train)
+    assert abs(drawn[dataset.labels.index(target)] / sum(drawn.values()) - share) < 0.25 * share
+    assert sampler.indices(7) == sampler.indices(7) and sampler.indices(7) != sampler.indices(8)
+    history = [r for r in baseline.history if r.initiative == "baseline"]
+    balanced = run_job(tmp_path, "augment", {**AUGMENT, "k": 1, "steps": 2, "augmenters": "style", "balance": True,
+                                             "model_job": baseline.job_id}, history)
+    assert balanced.values("augmented.steps")[0].value == balanced.values("control.steps")[0].value == 2
+
+
 def test_robustness_without_a_model_source_says_how_to_name_one(tmp_path, run_job):
     with pytest.raises(PermanentError, match="resubmit it --after the job that stores the model"):
         run_job(tmp_path, "robustness", {}, [])

@@ -11,7 +11,10 @@ trial minus control, in points). The test split plays no part in any choice. Two
 from the stored model: ``control`` on the original data, ``augmented`` on original plus variants.
 Both share one step cap (``epochs`` over the augmented data, or ``steps`` exactly), one validation
 cadence and one stopping rule, so the difference between them is the augmentation and not the
-compute; ``<arm>.steps`` says what each used. Each arm's final model is scored once on test.
+compute; ``<arm>.steps`` says what each used. Each arm's final model is scored once on test. With
+``balance: true`` the augmented arm draws each label only as often as the original data holds it: a
+targeted slice's variants share its originals' draws rather than add to them, so the class prior the
+model learns does not move toward the targets (added variants make it predict them for other rows).
 
 ``improvement`` is the augmented arm's targeted macro-F1 minus the control's, in points, where the
 targeted macro-F1 averages the F1 of the targeted slices' labels over the WHOLE test set: a row of
@@ -26,6 +29,8 @@ and ``tradeoff`` (1 when the targeted gain came with an overall loss).
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from specs.augment import Params
 
@@ -54,7 +59,8 @@ def run(params: Params, ctx) -> None:
             if train_set is not None:
                 with phases("load"):
                     model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
-                _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm, phases)
+                batches = _PriorKept(dataset, train_set, params) if arm == "augmented" and params.balance else None
+                _train(model, tokenizer, dataset, train_set, arms["augmented"], params, ctx, arm, phases, batches)
             with phases("evaluate"):
                 predicted[arm] = _evaluate_arm(ctx, model, tokenizer, dataset, targets, arm, params.max_length)
         with phases("save"):
@@ -184,7 +190,7 @@ def _dedupe(candidates: list[tuple[str, str]], seen: set, tokenizer) -> list[tup
     return kept
 
 
-def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx, arm: str, phases=None) -> None:
+def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx, arm: str, phases=None, batches=None) -> None:
     """Train one arm under the plan both arms share: the augmented data's step cap, the original data's cadence."""
     from dataclasses import replace
 
@@ -196,7 +202,25 @@ def _train(model, tokenizer, dataset, train_set, augmented, params: Params, ctx,
         cfg = replace(cfg, max_steps=Plan.of(cfg, len(augmented), val_rows).steps,
                       eval_every=Plan.of(cfg, len(dataset.train), val_rows).eval_every)
     train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=arm,
-          val=(dataset.val.texts, dataset.label_ids(dataset.val)), phases=phases)
+          val=(dataset.val.texts, dataset.label_ids(dataset.val)), phases=phases, batches=batches)
+
+
+class _PriorKept:
+    """``train``'s batches hook for a balanced augmented arm: micro-batch ``m`` is drawn with replacement,
+    seeded by ``m`` (so a resumed attempt replays it), each row weighted so that every label is drawn as
+    often as in the original data: a label with n original rows and v variants weighs n / (n + v) a row."""
+
+    def __init__(self, dataset, train_set, params: Params) -> None:
+        from collections import Counter
+
+        labels = dataset.label_ids(train_set)
+        original, now = Counter(dataset.label_ids(dataset.train)), Counter(labels)
+        self.weights = torch.tensor([original[label] / now[label] for label in labels], dtype=torch.double)
+        self.batch_size, self.seed = min(params.batch_size, len(labels)), params.seed
+
+    def indices(self, micro: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + micro)
+        return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator).tolist()
 
 
 def _evaluate_arm(ctx, model, tokenizer, dataset, targets: list[str], arm: str, max_length: int):
