@@ -12,6 +12,7 @@ import math
 import os
 import re
 import socket
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -105,6 +106,13 @@ class Settings(BaseSettings):
     preemption_notice_kind: Literal["aws", "gcp"] = Field("aws", validation_alias="PREEMPTION_NOTICE_KIND")
     preemption_notice_file: str = Field("", validation_alias="PREEMPTION_NOTICE_FILE")
     preemption_poll_seconds: float = Field(5.0, validation_alias="PREEMPTION_POLL_SECONDS")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # load_settings(env) reads the mapping it is given and nothing else (never the process environment).
+        if _GIVEN_ONLY.get():
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     @model_validator(mode="before")
     @classmethod
@@ -289,7 +297,11 @@ def load_settings(env: Optional[dict[str, str]] = None) -> Settings:
     try:
         if env is None:
             return Settings()
-        return Settings.model_validate({k: v for k, v in env.items() if k in _VARIABLES})
+        token = _GIVEN_ONLY.set(True)
+        try:
+            return Settings(**{k: v for k, v in env.items() if k in _VARIABLES})
+        finally:
+            _GIVEN_ONLY.reset(token)
     except ValidationError as exc:
         raise ConfigError(_first_problem(exc)) from None
 
@@ -300,6 +312,7 @@ def current_settings() -> Settings:
     return load_settings()
 
 
+_GIVEN_ONLY: ContextVar[bool] = ContextVar("budgetq_settings_given_only", default=False)
 _VARIABLES = {str(f.validation_alias) for f in Settings.model_fields.values()}
 _DATABASE_SCHEMES = {"sqlite", "sqlite+pysqlite", "postgresql", "postgres", "postgresql+psycopg"}
 _BROKER_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+]*)://", re.ASCII)
