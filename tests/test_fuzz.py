@@ -23,6 +23,7 @@ from producer.plan import ENTRY_KEYS, TOP_KEYS, load_plan
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Text a shell can pass: anything but NUL.
 TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=40)
+FILE_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)  # UTF-8 can hold it
 AWKWARD = st.sampled_from([
     "", " ", "0", "1", "0.01", "1.00", "$0.25", "1e3", "1_000", "-1", "-0", "inf", "nan", "１", "0.0000001", "9" * 40,
     "b", "calibrate", "baseline", "telepathy", "ghost", "a" * 300, "seconds=1", "seconds=inf", "seconds", "k=v=w",
@@ -69,7 +70,7 @@ PLANS = st.fixed_dictionaries(
 
 def plan_text(draw_from) -> st.SearchStrategy[str]:
     as_yaml = draw_from.map(lambda doc: yaml.safe_dump(doc, allow_unicode=True))
-    return st.one_of(as_yaml, TEXT.map(lambda t: "budget: b\ninitiatives: " + t))
+    return st.one_of(as_yaml, FILE_TEXT.map(lambda t: "budget: b\ninitiatives: " + t))
 
 
 @FUZZ
@@ -83,6 +84,14 @@ def test_any_plan_file_loads_or_is_refused_naming_the_file(tmp_path_factory, tex
         assert str(path) in str(refused) and "\n" not in str(refused)
     else:
         assert plan.entries and all(-1_000_000 <= e.rank <= 1_000_000 for e in plan.entries)
+
+
+def test_a_plan_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_bytes(b"budget: b\ninitiatives: \xff\xfe\xed\xa0\x80\n")  # a lone surrogate's bytes among them
+    with pytest.raises(InvalidInput) as refused:
+        load_plan(path)
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
 
 
 VALUE = st.one_of(AWKWARD, TEXT)
