@@ -11,10 +11,12 @@ trial minus control, in points). The test split plays no part in any choice. Two
 from the stored model: ``control`` on the original data, ``augmented`` on original plus variants.
 Both share one step cap (``epochs`` over the augmented data, or ``steps`` exactly), one validation
 cadence and one stopping rule, so the difference between them is the augmentation and not the
-compute; ``<arm>.steps`` says what each used. Each arm's final model is scored once on test. With
-``balance: true`` the augmented arm draws each label only as often as the original data holds it: a
-targeted slice's variants share its originals' draws rather than add to them, so the class prior the
-model learns does not move toward the targets (added variants make it predict them for other rows).
+compute; ``<arm>.steps`` says what each used. Each arm's final model is scored once on test. The
+augmented arm (and each choice trial) draws each label only as often as the original data holds it
+(``balance: true``, the default): a targeted slice's variants share its originals' draws rather than
+add to them, so the class prior the model learns does not move toward the targets. ``balance: false``
+adds them as extra draws, which made the model predict the targets for other rows and cost targeted
+F1 in every seed of bench/augment_study.py.
 
 ``improvement`` is the augmented arm's targeted macro-F1 minus the control's, in points, where the
 targeted macro-F1 averages the F1 of the targeted slices' labels over the WHOLE test set: a row of
@@ -162,7 +164,8 @@ def choose(ctx, params: Params, source, dataset, targets: list[str], variants: d
     for name, extra in {"control": None, **variants}.items():
         model, tokenizer, _ = load_saved(ctx.fetch_artifact(source, MODEL_ARTIFACT))
         train_set = dataset.train if extra is None else dataset.train.plus(extra)
-        train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=f"trial.{name}")
+        batches = _PriorKept(dataset, train_set, params) if extra is not None and params.balance else None
+        train(model, tokenizer, train_set.texts, dataset.label_ids(train_set), cfg, ctx, run=f"trial.{name}", batches=batches)
         scores[name] = metric(truth, infer(model, tokenizer, dataset.val.texts, max_length=params.max_length).predictions())
     gains = {name: 100 * (scores[name] - scores["control"]) for name in variants}
     for name, gain in gains.items():
