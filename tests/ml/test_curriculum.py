@@ -130,6 +130,27 @@ def test_the_curriculum_makes_no_forward_pass_beyond_training_steps_and_validati
     assert [m.step for m in ctx.values("curriculum.val_accuracy")] == [4, 8]
 
 
+def test_each_checkpoint_carries_the_loss_table_as_of_its_step(make_context, tiny_bert, dataset):
+    # The table travels inside the checkpoint (to object storage too), so a resumed attempt on another
+    # machine draws from the losses measured up to the step it resumes from, and none measured later.
+    from pathlib import Path
+
+    import specs
+    from worker.initiatives.curriculum import table_path, train_arm
+    from worker.ml.modeling import load_classifier
+
+    model, tokenizer = load_classifier(str(tiny_bert), dataset.labels)
+    ctx = make_context("curriculum")
+    train_arm(model, tokenizer, dataset, "curriculum", specs.parse_params("curriculum", {**PARAMS, "checkpoint_every": 4}), ctx)
+    folder = Path(ctx.checkpoint_dir) / "curriculum"
+    for step in (4, 8):
+        table = LossTable.resume(folder / f"step-{step:06d}" / "losses.npz", len(dataset.train))
+        assert table.clock == step + 1 and table.seen_at.max() == step
+        assert 0 < (table.seen_at >= 1).sum() <= PARAMS["batch_size"] * step  # rows seen in steps 1..step only
+    assert table_path(ctx, "curriculum") == folder / "step-000008" / "losses.npz"
+    assert not (folder / "losses.npz").exists()  # nothing beside the checkpoints that would not travel
+
+
 def test_a_curriculum_job_compares_three_arms_at_equal_steps(tmp_path, clinc_subset, tiny_bert, run_job):
     ctx = run_job(tmp_path, "curriculum", {**PARAMS, "dataset": str(clinc_subset), "model": str(tiny_bert)}, [])
     accuracy = {}

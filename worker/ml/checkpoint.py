@@ -14,7 +14,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -28,10 +28,12 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
 
 
 def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any, keep: int = 2,
-                    extra: Optional[dict[str, Any]] = None, tensors: Optional[dict[str, Any]] = None) -> Path:
+                    extra: Optional[dict[str, Any]] = None, tensors: Optional[dict[str, Any]] = None,
+                    also: Optional[Callable[[Path], None]] = None) -> Path:
     """Write the full training state at ``step`` and drop all but the ``keep`` newest checkpoints.
 
     ``extra`` (JSON-able) and ``tensors`` (name -> tensor) travel with it; ``load_extra`` reads them back.
+    ``also(folder)`` writes a caller's own files into the checkpoint before it is complete.
     """
     from safetensors.torch import save_file, save_model
 
@@ -54,6 +56,8 @@ def save_checkpoint(folder: Path, step: int, *, model: Any, optimizer: Any, sche
         "numpy_rng": _numpy_rng_state(),
         "extra": extra or {},
     }
+    if also is not None:
+        also(partial)
     (partial / "state.json").write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)

@@ -143,7 +143,8 @@ def seed_everything(seed: int) -> None:
 def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[int], cfg: TrainConfig, ctx: Any, *,
           run: str = "train", val: Optional[tuple[Sequence[str], Sequence[int]]] = None, batches: Any = None,
           loss_fn: Callable[..., Any] | None = None, on_step: Callable[[int], None] | None = None,
-          on_eval: Callable[[int, float, float], None] | None = None, phases: Optional[Phases] = None) -> TrainResult:
+          on_eval: Callable[[int, float, float], None] | None = None, phases: Optional[Phases] = None,
+          on_checkpoint: Callable[[Path, int], None] | None = None) -> TrainResult:
     """Fine-tune ``model`` in place as ``cfg`` plans (see the module docstring), resuming from the latest checkpoint.
 
     ``val`` is (texts, label ids) of the validation split. Logs ``<run>.loss`` and ``<run>.lr`` per
@@ -155,7 +156,8 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     batch, labels, indices) -> loss`` replaces the model's mean cross-entropy and runs the forward
     pass itself, so it can ask for what it needs (per-row logits, hidden states, another model's
     outputs for the same rows); ``on_step(step)`` runs after each step; ``on_eval(step, accuracy,
-    macro_f1)`` after each validation. ``phases`` (the job's, from ``worker.ml.phases.recorded``)
+    macro_f1)`` after each validation; ``on_checkpoint(folder, step)`` writes a hook's own state
+    into each checkpoint (it travels and resumes with it). ``phases`` (the job's, from ``worker.ml.phases.recorded``)
     is charged this run's load, tokenize, train, evaluate and checkpoint time and its training rows.
     """
     phases = phases if phases is not None else Phases()
@@ -165,7 +167,7 @@ def train(model: Any, tokenizer: Any, texts: Sequence[str], label_ids: Sequence[
     with phases("load"):
         loop = _Loop(model, tokenizer, texts, label_ids, cfg, plan, Path(ctx.checkpoint_dir) / run, batches, loss_fn, phases)
     # Each saved checkpoint is handed to the context, which makes it durable (object storage).
-    loop.on_saved = getattr(ctx, "checkpoint_saved", None)
+    loop.on_saved, loop.on_checkpoint = getattr(ctx, "checkpoint_saved", None), on_checkpoint
     result = TrainResult(step=loop.saved_step, resumed_from=loop.saved_step)
     model.train()
     with phases("train"), _progress(ctx, plan.steps, run) as advance:
@@ -291,14 +293,16 @@ class _Loop:
                 if "early_stopping" in extra:
                     self.early.restore(extra["early_stopping"], weights)
         self.on_saved: Callable[[Path], None] | None = None
+        self.on_checkpoint: Callable[[Path, int], None] | None = None
 
     def _state(self) -> dict[str, Any]:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
 
     def checkpoint(self, step: int) -> None:
         with self.phases("checkpoint"):
+            hook = self.on_checkpoint
             saved = save_checkpoint(self.folder, step, **self._state(), extra={"early_stopping": self.early.state()},
-                                    tensors=self.early.weights)
+                                    tensors=self.early.weights, also=(lambda folder: hook(folder, step)) if hook else None)
             self.saved_step = step
             if self.on_saved is not None:
                 self.on_saved(saved)

@@ -10,13 +10,16 @@ arm's steps to ``target_accuracy``. ``improvement`` is curriculum minus uniform 
 points, with its paired bootstrap interval and the overall deltas (``worker.ml.evaluate.comparison_rows``).
 The curriculum arm's model is stored as the ``model`` artifact.
 
-Each arm's loss table is saved beside its checkpoints after every step, so a resumed attempt draws
-from the losses its predecessor had measured rather than starting over with every row unseen.
+Each arm's loss table is written into every checkpoint of that arm, so it travels with the checkpoint
+(to object storage too): a resumed attempt, on this machine or another, draws from the losses measured
+up to the checkpoint's step rather than starting over with every row unseen.
 """
 
 from __future__ import annotations
 
 from specs.curriculum import ARMS, Params
+
+TABLE = "losses.npz"  # the loss table's file in each checkpoint
 
 
 def run(params: Params, ctx) -> None:
@@ -55,7 +58,7 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx, phases=N
 
     cfg = config_from(params)
     plan = Plan.of(cfg, len(dataset.train), len(dataset.val))
-    table = LossTable.resume(_table_path(ctx, arm), len(dataset.train))
+    table = LossTable.resume(table_path(ctx, arm), len(dataset.train))  # the latest checkpoint's, if any
     sampler = None
     if arm != "uniform":
         sampler = CurriculumSampler(table, batch_size=params.batch_size, steps=plan.steps, grad_accum=params.grad_accum,
@@ -66,7 +69,7 @@ def train_arm(model, tokenizer, dataset, arm: str, params: Params, ctx, phases=N
     start = time.perf_counter()
     done = train(model, tokenizer, dataset.train.texts, dataset.label_ids(dataset.train), cfg, ctx, run=arm,
                  val=(dataset.val.texts, dataset.label_ids(dataset.val)), batches=sampler, loss_fn=per_row_loss(table),
-                 on_step=watch, on_eval=watch.validated, phases=phases)
+                 on_step=watch, on_eval=watch.validated, phases=phases, on_checkpoint=watch.saved)
     ctx.log_metric(f"{arm}.wall_s", time.perf_counter() - start)
     if done.resumed_from:
         # Wall time and the validation curve cover this attempt's steps only; the earlier attempt logged the rest.
@@ -89,22 +92,28 @@ class _Watch:
 
     def __call__(self, step: int) -> None:
         self.table.tick(step)
-        with self.phases("checkpoint"):  # saved every step, so a resumed attempt draws from these losses
-            self.table.save(_table_path(self.ctx, self.arm))
         if step % self.params.quantile_every == 0 or step == self.last_step:
             for name, value in self.table.summary().items():
                 self.ctx.log_metric(f"{self.arm}.train_loss_{name}", value, step=step)
+
+    def saved(self, folder, step: int) -> None:
+        """The ``on_checkpoint`` hook: the table as of the end of ``step`` goes into that step's checkpoint."""
+        self.table.tick(step)
+        self.table.save(folder / TABLE)
 
     def validated(self, step: int, accuracy: float, macro_f1: float) -> None:
         if self.reached is None and accuracy >= self.params.target_accuracy:
             self.reached = step
 
 
-def _table_path(ctx, arm: str):
+def table_path(ctx, arm: str):
+    """The loss table in the arm's latest checkpoint (``train`` names the folder after the run)."""
     from pathlib import Path
 
-    # Beside the arm's checkpoints (``train`` names that folder after the run), outside their step-* names.
-    return Path(ctx.checkpoint_dir) / arm / "losses.npz"
+    from worker.ml.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(Path(ctx.checkpoint_dir) / arm)
+    return latest / TABLE if latest else Path(ctx.checkpoint_dir) / arm / TABLE  # the latter never exists: a fresh table
 
 
 def _test_arm(ctx, model, tokenizer, dataset, arm: str, max_length: int):
