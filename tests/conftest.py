@@ -6,8 +6,10 @@ A backend that is not running skips its tests locally, but fails them in CI (``C
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -89,6 +91,13 @@ def store(db_url: str) -> Iterator[Ledger]:
     ledger.engine.dispose()
 
 
+def _ends_with_pytest() -> None:
+    """In a worker about to start: a SIGTERM (a warm shutdown) when pytest dies, so a killed test run
+    leaves no worker behind. Linux only; elsewhere the fixtures' own teardown is all there is."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 @dataclass
 class Env:
     """The environment a CLI or worker subprocess runs with."""
@@ -110,7 +119,8 @@ class Env:
         # A session of its own, so a test can kill the worker and all its pool processes at once.
         return subprocess.Popen(
             [sys.executable, "-m", "producer", "worker", "--loglevel", "info", *args], env=self.vars, cwd=REPO,
-            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=_ends_with_pytest, **popen,
         )
 
     def spawn(self, log: Path, *args: str, **env: str) -> subprocess.Popen:
@@ -118,7 +128,7 @@ class Env:
         handle = open(log, "w")
         return subprocess.Popen(
             [sys.executable, "-m", "producer", "worker", "--loglevel", "info", *args], env={**self.vars, **env}, cwd=REPO,
-            start_new_session=True, stdout=handle, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=_ends_with_pytest,
         )
 
     def burst(self, *args: str, timeout: float = 180) -> str:
@@ -126,7 +136,7 @@ class Env:
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and its pool processes (its own session)
             out, _ = proc.communicate()
             raise AssertionError(f"burst worker did not finish in {timeout}s:\n{out[-4000:]}")
         assert proc.returncode == 0, out[-4000:]
