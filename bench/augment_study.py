@@ -75,7 +75,8 @@ def report(store: Store, steps: int) -> str:
         "and `--lane b` side by side; `--report-only` rewrites this from `bench/results/augment/`.",
         "",
         f"**augment** on each seed's baseline: k = {AUGMENT['k']} weakest intents ranked on validation, the default "
-        f"augmenters, variants added as extra draws (`balance: false`; the balanced arm is below), both arms exactly {steps} steps from the same stored model (equal compute). Improvement: targeted "
+        "augmenters, variants added as extra draws (`balance: false`; the balanced arm is below), both arms "
+        f"exactly {steps} steps from the same stored model (equal compute). Improvement: targeted "
         "intents' macro-F1 over the whole test set, augmented minus control, points [1,000-round paired bootstrap "
         "95% CI]; \"old\" counts the targeted rows only (recall), as the code did before. Δ: augmented minus control. "
         "Selection reads validation only (the baseline's best epoch, augment's targets); each final model is scored on "

@@ -22,7 +22,7 @@ from producer.plan import ENTRY_KEYS, TOP_KEYS, load_plan
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Text a shell can pass: anything but NUL.
-TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=40)
+TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=40)
 FILE_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)  # UTF-8 can hold it
 AWKWARD = st.sampled_from([
     "", " ", "0", "1", "0.01", "1.00", "$0.25", "1e3", "1_000", "-1", "-0", "inf", "nan", "１", "0.0000001", "9" * 40,

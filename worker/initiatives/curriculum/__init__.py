@@ -107,13 +107,13 @@ class _Watch:
 
 
 def table_path(ctx, arm: str):
-    """The loss table in the arm's latest checkpoint (``train`` names the folder after the run)."""
+    """The loss table in the arm's latest checkpoint (``train`` names the folder after the run), or None."""
     from pathlib import Path
 
     from worker.ml.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(Path(ctx.checkpoint_dir) / arm)
-    return latest / TABLE if latest else Path(ctx.checkpoint_dir) / arm / TABLE  # the latter never exists: a fresh table
+    return latest / TABLE if latest else None
 
 
 def _test_arm(ctx, model, tokenizer, dataset, arm: str, max_length: int):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch.nn.functional as F
 
@@ -57,12 +57,12 @@ class LossTable:
         partial.replace(path)
 
     @classmethod
-    def resume(cls, path: Path, size: int) -> LossTable:
+    def resume(cls, path: Optional[Path], size: int) -> LossTable:
         """The table a previous attempt saved at ``path``, or a fresh one (every row unseen)."""
         import numpy as np
 
         table = cls(size)
-        if path.is_file():
+        if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as saved:
                 if len(saved["losses"]) == size:
                     table.losses, table.seen_at, table.clock = saved["losses"], saved["seen_at"], int(saved["clock"])
