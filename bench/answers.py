@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run as a script (python bench/answers.py), Python puts bench/ on the path rather than the repository root.
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 
+from bench.common import run_dates  # noqa: E402
 from bench.ml_loop import _context_module, _threads  # noqa: E402
 
 SEEDS = (0, 1, 2)
@@ -114,7 +115,7 @@ class Store:
     def add(self, key: str, job, seconds: float) -> None:
         metrics = [[m.name, m.value, m.slice, m.step] for m in job.metrics if not m.name.endswith(DROP)]
         self.reload()
-        self.runs[key] = {"job_id": job.job_id, "initiative": job.initiative, "params": job.params,
+        self.runs[key] = {"job_id": job.job_id, "date": date.today().isoformat(), "initiative": job.initiative, "params": job.params,
                           "artifacts": job.artifacts, "metrics": metrics, "warnings": job.warnings, "seconds": seconds,
                           "threads": _threads()}
         mine = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -310,7 +311,7 @@ def report(store: Store, quick: bool) -> str:
         f"{'a tiny BERT' if quick else 'pretrained MiniLM-L6'}, {platform.machine()} CPU, two runs at a time with "
         f"{_threads()} torch thread each, on 2 cores shared with other engineers' benchmarks and tests (wall times "
         "carry their load); "
-        f"{date.today().isoformat()}. Dollars: wall time at ${PRICE_PER_HOUR:.2f}/hour. "
+        f"{run_dates(store.runs.values())}. Dollars: wall time at ${PRICE_PER_HOUR:.2f}/hour. "
         "Re-run: `python -m bench.answers --lane a` and `--lane b` side by side (each resumes from `.budgetq/bench-answers`).",
         "",
         "Which split decides what: training stops and keeps its weights on **validation** macro-F1; augment ranks its "

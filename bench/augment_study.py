@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 
+from bench.common import run_dates  # noqa: E402
 from bench.answers import AUGMENT, Store, arm_lines, augment_table, dollars, finished, mean_ci, run_all, value  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "augment"
@@ -71,7 +71,7 @@ def report(store: Store, steps: int) -> str:
     total = sum(r["seconds"] for r in store.runs.values())
     lines = [
         f"Pretrained MiniLM-L6, x86_64 CPU, one torch thread per run, two or three runs at a time on 2 shared cores; "
-        f"{date.today().isoformat()}. Dollars: wall time at $1.00/hour. Re-run: `python -m bench.augment_study --lane a` "
+        f"{run_dates(store.runs.values())}. Dollars: wall time at $1.00/hour. Re-run: `python -m bench.augment_study --lane a` "
         "and `--lane b` side by side; `--report-only` rewrites this from `bench/results/augment/`.",
         "",
         f"**augment** on each seed's baseline: k = {AUGMENT['k']} weakest intents ranked on validation, the default "

@@ -29,6 +29,13 @@ def fresh_postgres():
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def run_dates(runs) -> str:
+    """The days the given runs were made (each stored run's ``date``), for a section's header: a report
+    rewritten later must not relabel them with the day it was rewritten."""
+    dates = sorted({run["date"] for run in runs if run.get("date")})
+    return ", ".join(dates) if dates else "run date not recorded"
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
