@@ -108,6 +108,10 @@ def distill_lines(job) -> list[str]:
     return lines
 
 
+SMOKE = ("One seed on two domains of `small`: a smoke-scale run of the two payloads chained, not a verdict. The settled "
+         "figures (3 seeds each, whole test split, against controls) are in the sections \"Curriculum, settled\" and \"Distillation\".")
+
+
 def verdict_lines(jobs: dict, plan: dict) -> list[str]:
     """The issue's targets, each with what this run measured."""
     curriculum, distill = jobs["curriculum"], jobs["distill"]
@@ -136,7 +140,7 @@ def report(jobs: dict, seconds: dict[str, float], plan: dict, domains: int) -> s
          "Re-run: `python -m bench.curriculum_distill` from the repository root."),
         "", "### Curriculum vs uniform vs random control (equal steps)", "", *curriculum_lines(jobs["curriculum"], plan),
         "", "### Distillation (teacher: the curriculum job's model)", "", *distill_lines(jobs["distill"]),
-        "", "### Against the targets", "", *verdict_lines(jobs, plan),
+        "", "### Against the targets", "", SMOKE, "", *verdict_lines(jobs, plan),
         "", "### Wall time and cost", "",
         "Wall times are on cores shared with other jobs and move with their load; the arms' accuracies are deterministic.", "",
         " | ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
