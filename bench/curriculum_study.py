@@ -226,11 +226,11 @@ def _variant(variant: str, mine: list[dict], truth) -> list[str]:
         wall = sum(r["seconds"] for r in done) / len(done)
         lines.append(f"| {arm} | {len(done)} | {_fmt(acc)} | {_fmt(f1)} | {delta} | " + " | ".join(reach) + f" | {wall / 60:.1f} min |")
     wins = [arm for arm, d in deltas.items() if d.low is not None and d.low > 0]
+    named = "; ".join(f"{arm} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else f"{arm} {d.mean:+.2f} (1 seed)"
+                      for arm, d in deltas.items())
     lines += ["", (f"**Verdict on `{variant}`, {steps} steps:** " + (
-        f"{', '.join(wins)} beat uniform with an interval above 0." if wins else
-        "no arm beats uniform on test accuracy with an interval above 0 (" + "; ".join(
-            f"{arm} {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]" if d.low is not None else f"{arm} {d.mean:+.2f} (1 seed)"
-            for arm, d in deltas.items()) + ")."))]
+        f"{', '.join(wins)} beat{'s' if len(wins) == 1 else ''} uniform on test accuracy with an interval above 0" if wins else
+        "no arm beats uniform on test accuracy with an interval above 0") + f" ({named}).")]
     lines += ["", f"Steps to the {TARGET:.0%} target, the arm minus `uniform` on the same seed, over the seeds where both reached it: " + "; ".join(
         f"{arm} {_fmt(mean_ci(d), signed=True, digits=0, n=False)} ({len(d)} of {n} seeds)" if d else f"{arm}: no seed where both reached it"
         for arm, (d, n) in faster.items()) + "."]
