@@ -150,8 +150,9 @@ def report() -> str:
          "`uniform` (seeded shuffle), `curriculum` (loss-rank pressure s_max 100 annealed linearly to uniform over the first "
          "half), `selective` (the stronger variant: probability proportional to loss percentile ** "
          f"{first['beta']:g}, after Selective-Backprop, constant), `random` (the rank schedule on shuffled losses). All four read "
-         "the losses the training step computes anyway. The target is validation accuracy 80% (the payload's "
-         "`target_accuracy`); steps to 85% and 90% are shown where reached. Re-run a budget: `python -m "
+         f"the losses the training step computes anyway. The target is validation accuracy {TARGET:.0%} (the payload's "
+         f"`target_accuracy`); steps to {' and '.join(f'{t:.0%}' for t in TARGETS if t > TARGET)} are shown where reached. "
+         "Re-run a budget: `python -m "
          "bench.curriculum_study --variant full --steps N` and `--variant imbalanced --steps N` side by side, then `--report`."),
     ]
     last = [r for r in runs if r["steps"] == longest[r["variant"]]]
